@@ -1,0 +1,38 @@
+# Two commands do all the set-up on a fresh machine: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed-$(shell cat pyproject.toml | sha1sum | cut -c1-12)
+
+.PHONY: demo test test-fast e2e bench install clean
+
+$(STAMP): pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install -q --upgrade pip
+	$(BIN)/python -m pip install -q -e '.[test]'
+	rm -f $(VENV)/.installed-*
+	touch $@
+
+install: $(STAMP)
+
+## The main job on the embedded default: local Ray, MLflow on SQLite, synthetic data.
+demo: $(STAMP)
+	$(BIN)/leukotune tune --config studies/smoke.yaml $(ARGS)
+
+## The whole test suite (CI runs exactly this).
+test: $(STAMP)
+	$(BIN)/python -m pytest -q $(ARGS)
+
+## Only the fast unit tests.
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow and not e2e" $(ARGS)
+
+## Real Ray head + second node + MLflow server + headless Chromium (also run by CI).
+e2e: $(STAMP)
+	$(BIN)/python -m pytest -q -m e2e tests/e2e $(ARGS)
+
+bench: $(STAMP)
+	$(BIN)/python bench/run_all.py $(ARGS)
+
+clean:
+	rm -rf .leukotune mlruns mlflow.db synthetic_cnmc .pytest_cache
