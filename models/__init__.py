@@ -1,0 +1,23 @@
+"""leukotune's networks: a registry of builders (the paper's CNN and frozen ImageNet backbones) and optimisers.
+
+Importing the package registers every model. Only torch, torchvision and the standard library are used here.
+"""
+from . import cnn as cnn  # noqa: F401  (registers "cnn")
+from . import transfer as transfer  # noqa: F401  (registers "resnet50", "mobilenet_v2")
+from .cnn import build_cnn as build_cnn
+from .optim import UnknownOptimizerError as UnknownOptimizerError
+from .optim import build_optimizer as build_optimizer
+from .optim import list_optimizers as list_optimizers
+from .registry import MAX_IMAGE_SIZE as MAX_IMAGE_SIZE
+from .registry import MIN_IMAGE_SIZE as MIN_IMAGE_SIZE
+from .registry import ModelSpec as ModelSpec
+from .registry import UnknownModelError as UnknownModelError
+from .registry import get_model as get_model
+from .registry import get_model_spec as get_model_spec
+from .registry import list_models as list_models
+from .registry import register_model as register_model
+from .registry import validate_model_kwargs as validate_model_kwargs
+from .transfer import TransferNet as TransferNet
+from .weights import WeightsFileError as WeightsFileError
+from .weights import WeightsNotFoundError as WeightsNotFoundError
+from .weights import resolve_weights_path as resolve_weights_path

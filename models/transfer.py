@@ -1,0 +1,167 @@
+"""Transfer models: a torchvision ImageNet backbone, frozen, under the paper's small trainable head."""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from typing import Callable
+
+import torch
+import torchvision
+from torch import nn
+
+from .registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_choice, check_range, register_model
+from .weights import imagenet_normalization, load_backbone_weights
+
+__all__ = ["TransferNet", "build_mobilenet_v2", "build_resnet50"]
+
+WeightsArg = str | os.PathLike[str] | None
+
+
+@dataclass(frozen=True)
+class _Arch:
+    """How to build one torchvision backbone and where its unfreezable blocks and classifier are."""
+
+    factory: Callable[..., nn.Module]
+    classifier: str
+    blocks: Callable[[nn.Module], list[nn.Module]]
+
+
+_ARCHS: dict[str, _Arch] = {
+    # Blocks are the 16 bottlenecks of layer1..layer4 (3+4+6+3), not the 4 stages: unfreezing a whole stage
+    # at once is too coarse a step (layer3 alone holds 7M parameters). The stem (conv1, bn1) stays frozen.
+    "resnet50": _Arch(
+        torchvision.models.resnet50,
+        "fc",
+        lambda net: [*net.layer1, *net.layer2, *net.layer3, *net.layer4],
+    ),
+    # Blocks are the 19 entries of `features`: the stem conv, 17 inverted residuals and the final 1x1 conv.
+    "mobilenet_v2": _Arch(torchvision.models.mobilenet_v2, "classifier", lambda net: list(net.features)),
+}
+
+
+class TransferNet(nn.Module):
+    """Backbone (pooled features) followed by the head; keeps frozen BatchNorm layers in eval mode.
+
+    Why eval: a frozen BatchNorm's running mean/var are part of the pretrained weights. In train mode it
+    would normalise by the statistics of each small batch of stained blood cells and overwrite the ImageNet
+    running stats with them, so the frozen features would drift and differ between training and evaluation,
+    and the head would learn on features it never sees at test time.
+    """
+
+    def __init__(self, backbone: nn.Module, head: nn.Module, in_channels: int) -> None:
+        super().__init__()
+        self.backbone = backbone
+        self.head = head
+        self.in_channels = in_channels
+
+    def train(self, mode: bool = True) -> TransferNet:
+        """Set train/eval mode, except frozen BatchNorm layers, which always stay in eval mode."""
+        super().train(mode)
+        for module in self.backbone.modules():
+            # _BatchNorm rather than BatchNorm2d so a SyncBatchNorm conversion for DDP is covered too.
+            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+                p.requires_grad for p in module.parameters()
+            ):
+                module.eval()
+        return self
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] != self.in_channels:
+            raise ValueError(f"expected {self.in_channels} input channel(s), got a tensor of shape {tuple(x.shape)}")
+        if self.in_channels == 1:
+            # Grayscale is repeated to RGB (a view, no copy) so the pretrained 3-channel stem still applies.
+            x = x.expand(-1, 3, -1, -1)
+        return self.head(self.backbone(x))
+
+
+def _build_transfer(
+    arch: str,
+    *,
+    weights: WeightsArg = None,
+    freeze: bool = True,
+    unfreeze: int = 0,
+    dropout: float = 0.2,
+    dense: int = 128,
+    in_channels: int = 3,
+    image_size: int = 224,
+    num_classes: int = 2,
+) -> TransferNet:
+    """A torchvision ``arch`` with its classifier replaced by the paper's head (always trainable).
+
+    ``freeze`` freezes the whole backbone; ``unfreeze=N`` then makes its last N blocks trainable again.
+    ``image_size`` only needs checking: the backbones end in adaptive average pooling.
+    """
+    spec = _ARCHS[arch]
+    check_choice("freeze", freeze, (False, True))
+    check_range("dropout", dropout, 0.0, 1.0, integer=False, high_inclusive=False)
+    check_range("dense", dense, 1, 4096)
+    check_choice("in_channels", in_channels, (1, 3))
+    check_range("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    check_range("num_classes", num_classes, 2, 1000)
+
+    backbone = spec.factory(weights=None)  # never let torchvision download; weights are loaded from disk below
+    blocks = spec.blocks(backbone)
+    check_range("unfreeze", unfreeze, 0, len(blocks))
+    if unfreeze and not freeze:
+        raise ValueError(f"{arch}: unfreeze={unfreeze} needs freeze=True (with freeze=False everything trains)")
+    old_classifier = getattr(backbone, spec.classifier)
+    features = [m for m in old_classifier.modules() if isinstance(m, nn.Linear)][-1].in_features
+    setattr(backbone, spec.classifier, nn.Identity())
+    load_backbone_weights(backbone, arch, weights)
+
+    if freeze:
+        backbone.requires_grad_(False)
+        for block in blocks[len(blocks) - unfreeze :]:
+            block.requires_grad_(True)
+    head = nn.Sequential(
+        nn.Flatten(),
+        nn.Dropout(dropout),
+        nn.Linear(features, dense),
+        nn.ReLU(inplace=True),
+        nn.Linear(dense, num_classes),
+    )
+    # train() here, not only in the training loop: a freshly built module is in train mode with its frozen
+    # BatchNorm layers too, and a first forward before any train()/eval() call would update their stats.
+    return TransferNet(backbone, head, in_channels).train()
+
+
+_RESNET50_MEAN, _RESNET50_STD = imagenet_normalization("resnet50")
+_MOBILENET_V2_MEAN, _MOBILENET_V2_STD = imagenet_normalization("mobilenet_v2")
+
+
+@register_model("resnet50", mean=_RESNET50_MEAN, std=_RESNET50_STD)
+def build_resnet50(
+    *,
+    weights: WeightsArg = None,
+    freeze: bool = True,
+    unfreeze: int = 0,
+    dropout: float = 0.2,
+    dense: int = 128,
+    in_channels: int = 3,
+    image_size: int = 224,
+    num_classes: int = 2,
+) -> TransferNet:
+    """ResNet-50 under the paper's head; ``unfreeze`` counts bottleneck blocks (0-16) from the top."""
+    return _build_transfer(
+        "resnet50", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
+        in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+    )  # fmt: skip
+
+
+@register_model("mobilenet_v2", mean=_MOBILENET_V2_MEAN, std=_MOBILENET_V2_STD)
+def build_mobilenet_v2(
+    *,
+    weights: WeightsArg = None,
+    freeze: bool = True,
+    unfreeze: int = 0,
+    dropout: float = 0.2,
+    dense: int = 128,
+    in_channels: int = 3,
+    image_size: int = 224,
+    num_classes: int = 2,
+) -> TransferNet:
+    """MobileNetV2 under the paper's head; ``unfreeze`` counts ``features`` entries (0-19) from the top."""
+    return _build_transfer(
+        "mobilenet_v2", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
+        in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+    )  # fmt: skip

@@ -1,0 +1,163 @@
+"""Offline ImageNet weights for the transfer backbones: find a file on disk, check it, load it. Never download.
+
+Training nodes have no internet, so ``weights="imagenet"`` means "torchvision's file, already copied here".
+The file name comes from torchvision's weight enums so it matches what ``torch.hub`` itself would cache.
+"""
+from __future__ import annotations
+
+import os
+import pickle
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, WeightsEnum
+
+from .registry import UnknownModelError
+
+__all__ = [
+    "WEIGHTS_DIR_ENV",
+    "WeightsFileError",
+    "WeightsNotFoundError",
+    "arch_env_var",
+    "imagenet_normalization",
+    "imagenet_weights",
+    "load_backbone_weights",
+    "load_state_dict_file",
+    "resolve_weights_path",
+]
+
+WEIGHTS_DIR_ENV = "LEUKOTUNE_WEIGHTS_DIR"
+
+# V2 is torchvision's best recipe for both; the file name and URL are read from the enum, not copied here.
+_IMAGENET: dict[str, WeightsEnum] = {
+    "resnet50": ResNet50_Weights.IMAGENET1K_V2,
+    "mobilenet_v2": MobileNet_V2_Weights.IMAGENET1K_V2,
+}
+# The original 1000-way ImageNet classifier; leukotune replaces it, so these keys are not loaded.
+_CLASSIFIER_PREFIXES = ("fc.", "classifier.")
+# Checkpoints saved by training scripts often wrap the tensors under one of these keys.
+_WRAPPER_KEYS = ("state_dict", "model")
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """The requested weights file is not on this machine; the message says where it looked and what to do."""
+
+
+class WeightsFileError(ValueError):
+    """A weights file exists but cannot be used (truncated, corrupt, not tensors, or the wrong architecture)."""
+
+
+def imagenet_weights(arch: str) -> WeightsEnum:
+    """torchvision's ImageNet weights entry for ``arch`` (its URL, file name and preprocessing)."""
+    try:
+        return _IMAGENET[arch]
+    except KeyError:
+        raise UnknownModelError(f"no ImageNet weights for {arch!r}; valid: {', '.join(sorted(_IMAGENET))}") from None
+
+
+def imagenet_normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:
+    """The mean and std ``arch``'s ImageNet weights were trained with, as torchvision's transforms state them."""
+    transform = imagenet_weights(arch).transforms()
+    return tuple(transform.mean), tuple(transform.std)
+
+
+def arch_env_var(arch: str) -> str:
+    """Environment variable naming an explicit weights file for ``arch``, e.g. LEUKOTUNE_WEIGHTS_RESNET50."""
+    return f"LEUKOTUNE_WEIGHTS_{arch.upper()}"
+
+
+def _imagenet_candidates(arch: str) -> list[tuple[str, Path | None]]:
+    """Places to look, in order, as (description, path or None when the env var is unset)."""
+    file_name = Path(imagenet_weights(arch).url).name
+    explicit, directory = os.environ.get(arch_env_var(arch)), os.environ.get(WEIGHTS_DIR_ENV)
+    hub = Path(torch.hub.get_dir()) / "checkpoints" / file_name  # read at call time: honours TORCH_HOME
+    return [
+        (f"${arch_env_var(arch)}", Path(explicit).expanduser() if explicit else None),
+        (f"${WEIGHTS_DIR_ENV}/{file_name}", Path(directory).expanduser() / file_name if directory else None),
+        ("torch hub cache", hub),
+    ]
+
+
+def _not_found_message(arch: str, candidates: list[tuple[str, Path | None]]) -> str:
+    url = imagenet_weights(arch).url
+    hub_dir = Path(torch.hub.get_dir()) / "checkpoints"
+    looked = "\n".join(
+        f"  - {what}: {'not set' if path is None else f'{path} (missing)'}" for what, path in candidates
+    )
+    return (
+        f"ImageNet weights for {arch} not found (leukotune never downloads). Looked in:\n{looked}\n"
+        f"To provide them: download {url} on a machine with internet and copy it to {hub_dir}/, "
+        f"or set {arch_env_var(arch)}=/path/to/{Path(url).name}, or set {WEIGHTS_DIR_ENV} to a directory "
+        f"holding it, or pass the file path as `weights` (--weights PATH)."
+    )
+
+
+def resolve_weights_path(arch: str, weights: str | os.PathLike[str] | None) -> Path | None:
+    """The weights file that ``weights`` refers to for ``arch``, or None for random init.
+
+    ``"imagenet"`` looks in ${LEUKOTUNE_WEIGHTS_<ARCH>}, then ${LEUKOTUNE_WEIGHTS_DIR}/<torchvision file name>,
+    then <torch hub dir>/checkpoints/<torchvision file name>; any other value is a file path. Raises
+    WeightsNotFoundError when nothing is there, so the tuner can call this before any trial starts.
+    """
+    imagenet_weights(arch)  # an unknown arch is an error even when no file is asked for
+    if weights is None:
+        return None
+    if weights == "imagenet":
+        candidates = _imagenet_candidates(arch)
+        for _, path in candidates:
+            if path is not None and path.is_file():
+                return path
+        raise WeightsNotFoundError(_not_found_message(arch, candidates))
+    path = Path(weights).expanduser()
+    if not path.is_file():
+        raise WeightsNotFoundError(
+            f"weights file {path} for {arch} not found; pass an existing file, 'imagenet' or None"
+        )
+    return path
+
+
+def _first_line(err: Exception) -> str:
+    """torch's load errors run to a page of advice; the first line is enough beside ours."""
+    return next(iter(str(err).splitlines()), "")
+
+
+def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
+    """Read a state dict with ``weights_only=True`` (a weights file must not run code when unpickled)."""
+    try:
+        obj: Any = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as err:
+        raise WeightsFileError(
+            f"refusing to load {path}: it holds objects other than tensors, which weights_only=True does not "
+            f"unpickle (torch's reason is chained below). Save weights as `torch.save(model.state_dict(), path)`."
+        ) from err
+    except Exception as err:  # torch reports truncation/corruption as RuntimeError, EOFError, KeyError, ...
+        raise WeightsFileError(
+            f"cannot read weights file {path} ({type(err).__name__}: {_first_line(err)}); "
+            f"it is probably truncated or corrupt: copy it again"
+        ) from err
+    for key in _WRAPPER_KEYS:
+        if isinstance(obj, dict) and isinstance(obj.get(key), dict):
+            obj = obj[key]
+            break
+    if not isinstance(obj, dict) or not all(isinstance(v, torch.Tensor) for v in obj.values()):
+        raise WeightsFileError(f"{path} does not hold a state dict (a dict of tensor names to tensors)")
+    return obj
+
+
+def load_backbone_weights(backbone: nn.Module, arch: str, weights: str | os.PathLike[str] | None) -> Path | None:
+    """Load ``weights`` into a torchvision ``arch`` whose classifier was removed; returns the file used.
+
+    The file's classifier keys are dropped and everything else must match exactly (strict=True): a partial
+    load would silently leave random layers under a "pretrained" label.
+    """
+    path = resolve_weights_path(arch, weights)
+    if path is None:
+        return None
+    state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    try:
+        backbone.load_state_dict(state, strict=True)
+    except RuntimeError as err:
+        raise WeightsFileError(f"weights file {path} does not fit a {arch} backbone:\n{err}") from err
+    return path
