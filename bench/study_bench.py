@@ -1,0 +1,127 @@
+"""Study-level benchmarks, side by side in one run on this machine.
+
+1. Overhead: a FIFO study's wall time over the ideal, sum(bare trial compute) / concurrency, where each trial's
+   bare compute is the same configuration trained alone outside Ray (LocalSession, one thread).
+2. Search efficiency: TPE + ASHA against random search without early stopping, same trial budget and seeds:
+   epochs each spent before a trial came within 1 point of the best validation metric either found.
+
+    .venv/bin/python bench/study_bench.py [--overhead-trials 4] [--cells-per-subject 80] ...
+"""
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from mlflow.tracking import MlflowClient  # noqa: E402
+
+from tuner.config import load_study, replace_train  # noqa: E402
+from tuner.sessions import LocalSession  # noqa: E402
+from tuner.study import plan_study, run_study  # noqa: E402
+from tuner.trial import run_training  # noqa: E402
+
+STUDY = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+def overhead(args, workdir: Path) -> dict:
+    study = load_study(STUDY, [
+        f"data.synthetic.subjects={args.subjects}", f"data.synthetic.cells_per_subject={args.cells_per_subject}",
+        f"train.epochs={args.overhead_epochs}", f"tune.num_samples={args.overhead_trials}", "tune.max_concurrent=2",
+        "tune.scheduler=fifo", "tracking.experiment=bench-overhead", f"storage_path={workdir / 'runs'}",
+        "train.image_size=128", "train.conv_layers=4"])
+    plan = plan_study(study, resume=False, log=quiet)
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+    start = time.perf_counter()
+    outcome = run_study(plan, log=quiet)
+    study_wall = time.perf_counter() - start
+    import ray
+
+    ray.shutdown()
+    bare = []
+    for row in outcome.leaderboard:  # the very configurations the study sampled, trained alone
+        trial_study = replace_train(study, row["config"])
+        begin = time.perf_counter()
+        run_training(trial_study, LocalSession(use_gpu="false"), log=quiet)
+        bare.append(time.perf_counter() - begin)
+    ideal = sum(bare) / 2
+    return {"trials": len(bare), "bare_trial_s": bare, "ideal_s": ideal, "study_wall_s": study_wall,
+            "ratio": study_wall / ideal}
+
+
+def epochs_to_within(client: MlflowClient, experiment: str, metric: str, threshold: float) -> int | None:
+    """Epochs the study had spent, in time order, when any trial first reached `threshold`."""
+    exp = client.get_experiment_by_name(experiment)
+    runs = [r for r in client.search_runs([exp.experiment_id]) if r.data.tags.get("leukotune.kind") == "trial"]
+    events = sorted((m.timestamp, m.value) for r in runs for m in client.get_metric_history(r.info.run_id, metric))
+    for spent, (_, value) in enumerate(events, 1):
+        if value >= threshold:
+            return spent
+    return None
+
+
+def search_efficiency(args, workdir: Path) -> dict:
+    base = [f"data.synthetic.subjects={args.subjects}", f"data.synthetic.cells_per_subject={args.cells_per_subject}",
+            f"train.epochs={args.search_epochs}", f"tune.num_samples={args.search_trials}", "tune.max_concurrent=2",
+            f"storage_path={workdir / 'runs'}", "tracking.log_models=false", "tune.seed=1"]
+    variants = {"tpe_asha": ["tune.search=optuna", "tune.scheduler=asha"],
+                "random_fifo": ["tune.search=random", "tune.scheduler=fifo"]}
+    uri = f"sqlite:///{workdir / 'mlflow.db'}"
+    os.environ["MLFLOW_TRACKING_URI"] = uri
+    best, totals = {}, {}
+    import ray
+
+    for name, extra in variants.items():
+        study = load_study(STUDY, base + extra + [f"tracking.experiment=bench-{name}"])
+        outcome = run_study(plan_study(study, resume=False, log=quiet), log=quiet)
+        ray.shutdown()
+        best[name] = max(r["best"] for r in outcome.leaderboard if r["best"] is not None)
+        totals[name] = sum(int(r["epochs"]) for r in outcome.leaderboard)
+    client = MlflowClient(tracking_uri=uri)
+    threshold = max(best.values()) - 0.01
+    reached = {name: epochs_to_within(client, f"bench-{name}", "val_f1_weighted", threshold) for name in variants}
+    return {"best": best, "threshold": threshold, "epochs_to_threshold": reached, "total_epochs": totals}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("--subjects", type=int, default=16)
+    parser.add_argument("--cells-per-subject", type=int, default=60)
+    parser.add_argument("--overhead-trials", type=int, default=4)
+    parser.add_argument("--overhead-epochs", type=int, default=6)
+    parser.add_argument("--search-trials", type=int, default=10)
+    parser.add_argument("--search-epochs", type=int, default=6)
+    parser.add_argument("--skip-overhead", action="store_true")
+    parser.add_argument("--skip-search", action="store_true")
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="leukotune-study-bench-"))
+    os.environ.setdefault("LEUKOTUNE_CACHE_DIR", str(workdir / "cache"))
+    report = {}
+    if not args.skip_overhead:
+        report["overhead"] = overhead(args, workdir)
+        o = report["overhead"]
+        print(f"| trials | bare trial s (mean) | ideal s | study wall s | ratio |\n|---|---|---|---|---|\n"
+              f"| {o['trials']} | {sum(o['bare_trial_s']) / o['trials']:.1f} | {o['ideal_s']:.1f} | "
+              f"{o['study_wall_s']:.1f} | {o['ratio']:.3f} |")
+    if not args.skip_search:
+        report["search"] = search_efficiency(args, workdir)
+        s = report["search"]
+        print(f"\nthreshold: best - 0.01 = {s['threshold']:.4f}\n\n| search | best | epochs to threshold | "
+              f"epochs in total |\n|---|---|---|---|")
+        for name in s["best"]:
+            print(f"| {name} | {s['best'][name]:.4f} | {s['epochs_to_threshold'][name]} | {s['total_epochs'][name]} |")
+    print(json.dumps(report, indent=2, default=str))
+
+
+if __name__ == "__main__":
+    main()

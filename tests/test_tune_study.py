@@ -1,0 +1,126 @@
+"""The tuning study end to end: real Ray, real Optuna, real MLflow on SQLite. Slow, still run by CI."""
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+
+SMOKE = REPO_ROOT / "studies" / "smoke.yaml"
+TINY = ["data.synthetic.subjects=8", "data.synthetic.cells_per_subject=12", "train.batch_size=16"]
+
+
+def run_cli(args: list[str], workdir: Path, env: dict[str, str], timeout: int = 420) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], cwd=workdir, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+
+
+def sets(values: list[str]) -> list[str]:
+    return [arg for value in values for arg in ("--set", value)]
+
+
+@pytest.fixture
+def study_env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+    env = {**os.environ, "LEUKOTUNE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO_ROOT),
+           "LEUKOTUNE_MIN_FREE_GB": "0.1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    return tmp_path, env
+
+
+def runs_of(workdir: Path, experiment: str) -> tuple[MlflowClient, list, list]:
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / '.leukotune' / 'mlflow.db'}")
+    exp = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([exp.experiment_id], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("leukotune.kind") == "study"]
+    children = [r for r in runs if r.data.tags.get("leukotune.kind") == "trial"]
+    return client, parents, children
+
+
+def test_study_logs_one_parent_with_finished_children(study_env):
+    workdir, env = study_env
+    result = run_cli(["tune", "--config", str(SMOKE), *sets(TINY + [
+        "tune.num_samples=3", "train.epochs=2", "tune.scheduler=fifo", "tracking.experiment=e2e-a"])], workdir, env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    assert "leaderboard" in result.stdout and "mlflow ui" in result.stdout
+    client, parents, children = runs_of(workdir, "e2e-a")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 3
+    parent_id = parents[0].info.run_id
+    for child in children:
+        assert child.info.status == "FINISHED"
+        assert child.data.tags["mlflow.parentRunId"] == parent_id
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_f1_weighted")]
+        assert steps == [1, 2]  # one value per epoch, step = epoch
+        assert child.data.tags["leukotune.model_uri"] == f"runs:/{child.info.run_id}/model"
+        artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
+        assert "model/MLmodel" in artifacts
+        plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
+        assert {"plots/confusion_matrix.png", "plots/learning_curves.png"} <= plots
+    parent_artifacts = {a.path for a in client.list_artifacts(parent_id, "optuna")}
+    assert "optuna/optimization_history.png" in parent_artifacts
+    assert parents[0].data.tags.get("leukotune.data_fingerprint")
+
+
+def test_asha_stops_weak_trials_early(study_env):
+    workdir, env = study_env
+    result = run_cli(["tune", "--config", str(SMOKE), *sets(TINY + [
+        "tune.num_samples=5", "tune.max_concurrent=1", "train.epochs=4", "tune.grace_period=1",
+        "tune.reduction_factor=2", "tracking.experiment=e2e-asha", "tracking.log_models=false"])], workdir, env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client, _, children = runs_of(workdir, "e2e-asha")
+    assert len(children) == 5 and all(c.info.status == "FINISHED" for c in children)
+    epochs_run = [len(client.get_metric_history(c.info.run_id, "val_loss")) for c in children]
+    stopped = [c for c in children if c.data.tags.get("leukotune.stopped_early") == "true"]
+    assert min(epochs_run) < 4 and len(stopped) >= 1, epochs_run
+    assert max(epochs_run) == 4  # the best trial ran its whole budget
+
+
+def test_killed_study_resumes_to_exactly_n_trials(study_env):
+    workdir, env = study_env
+    args = ["tune", "--config", str(SMOKE), *sets(TINY + [
+        "tune.num_samples=4", "tune.max_concurrent=2", "train.epochs=3", "tune.scheduler=fifo",
+        "tracking.experiment=e2e-resume", "tracking.log_models=false"])]
+    driver = subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], cwd=workdir, env=env,
+                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
+    killed = wait_for_first_finished_child(workdir, "e2e-resume", driver)
+    os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, mid-study
+    driver.wait(timeout=30)
+    assert killed, "no trial finished before the time limit"
+    _, _, before = runs_of(workdir, "e2e-resume")
+    assert any(c.info.status == "RUNNING" for c in before) or len(before) < 4
+
+    result = run_cli(args + ["--resume"], workdir, env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client, parents, children = runs_of(workdir, "e2e-resume")
+    assert len(parents) == 1 and parents[0].info.status == "FINISHED"
+    assert len(children) == 4, [c.data.tags.get("leukotune.trial_id") for c in children]
+    assert len({c.data.tags["leukotune.trial_id"] for c in children}) == 4
+    assert all(c.info.status == "FINISHED" for c in children)
+    for child in children:
+        steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
+        assert steps == [1, 2, 3]  # no gap, no duplicate epoch across the restart
+
+
+def wait_for_first_finished_child(workdir: Path, experiment: str, driver: subprocess.Popen, limit_s: int = 240) -> bool:
+    deadline = time.time() + limit_s
+    db = workdir / ".leukotune" / "mlflow.db"
+    while time.time() < deadline and driver.poll() is None:
+        if db.exists():
+            try:
+                _, _, children = runs_of(workdir, experiment)
+            except Exception:  # noqa: BLE001 - the database may be mid-creation
+                children = []
+            if any(c.info.status == "FINISHED" for c in children):
+                return True
+        time.sleep(1.0)
+    return False

@@ -1,0 +1,164 @@
+"""The `leukotune` command: data tools, one training run, a tuning study, cluster jobs, promotion, prediction."""
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+from typing import Any, Callable
+
+EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+
+
+def _study_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="study YAML (defaults apply where it is silent)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    parser.add_argument("--data", help="dataset folder (C-NMC layout); default: the study's, else synthetic")
+    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="leukotune", description=__doc__)
+    commands = parser.add_subparsers(dest="command", required=True)
+
+    data = commands.add_parser("data", help="dataset tools").add_subparsers(dest="data_command", required=True)
+    synth = data.add_parser("synth", help="write a synthetic dataset in the C-NMC layout")
+    synth.add_argument("--out", type=Path, required=True)
+    synth.add_argument("--subjects", type=int, default=12)
+    synth.add_argument("--cells-per-subject", type=int, default=40)
+    synth.add_argument("--seed", type=int, default=0)
+    synth.set_defaults(handler=cmd_data_synth)
+    check = data.add_parser("check", help="validate a dataset folder; exit 2 when it is unusable")
+    check.add_argument("root", type=Path)
+    check.add_argument("--json", action="store_true", help="print one JSON object")
+    check.set_defaults(handler=cmd_data_check)
+
+    train = commands.add_parser("train", help="one training run on Ray Train workers")
+    _study_args(train)
+    train.set_defaults(handler=cmd_train)
+
+    tune = commands.add_parser("tune", help="a tuning study: Ray Tune + Optuna + ASHA, tracked in MLflow")
+    _study_args(tune)
+    tune.add_argument("--resume", action="store_true", help="continue the newest unfinished study of this name")
+    tune.set_defaults(handler=cmd_tune)
+
+    from tuner import cli_ops
+
+    cli_ops.add_commands(commands)
+    return parser
+
+
+def cmd_data_synth(args: argparse.Namespace) -> int:
+    from data import write_synthetic_dataset
+
+    summary = write_synthetic_dataset(args.out, subjects=args.subjects, cells_per_subject=args.cells_per_subject,
+                                      seed=args.seed)
+    print(json.dumps(summary, indent=2, default=str))
+    print(f"check it with: leukotune data check {args.out}")
+    return EXIT_OK
+
+
+def cmd_data_check(args: argparse.Namespace) -> int:
+    from data import check_dataset, format_report
+
+    report = check_dataset(args.root)
+    print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else format_report(report))
+    return EXIT_OK if report.usable else EXIT_UNUSABLE
+
+
+def cmd_train(args: argparse.Namespace) -> int:
+    import ray
+
+    from tuner.config import load_study
+    from tuner.raytrain import make_trainer
+    from tuner.study import check_storage, init_ray, summarise_data
+
+    study = load_study(args.config, args.overrides, args.data)
+    storage = Path(study.storage_path).expanduser().resolve()
+    check_storage(storage)
+    data = summarise_data(study)
+    print(f"data: {data['cells']} cells ({data['all']} ALL, {data['hem']} hem) of {data['subjects']} subjects"
+          f"{', synthetic' if data['synthetic'] else ''}; {len(data['skipped'])} files skipped")
+    init_ray(args.address, {})
+    result = make_trainer(study, f"{study.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage).fit()
+    print_metrics_table(result.metrics, study.tune.metric)
+    if result.checkpoint is not None:
+        print(f"checkpoint (latest epoch; best.pt inside holds the best epoch): {result.checkpoint.path}")
+    ray.shutdown()
+    return EXIT_OK
+
+
+def print_metrics_table(metrics: dict[str, Any], metric: str) -> None:
+    keys = ["epoch", "best_epoch", f"best_{metric}", "val_accuracy", "val_balanced_accuracy", "val_roc_auc",
+            "val_f1_weighted", "val_f1_macro", "val_precision_all", "val_recall_all", "val_precision_hem",
+            "val_recall_hem", "val_loss", "train_loss"]
+    print("\nfinal metrics")
+    for key in keys:
+        if key in metrics:
+            value = metrics[key]
+            print(f"  {key:<24} {value:.4f}" if isinstance(value, float) else f"  {key:<24} {value}")
+    cm = [[metrics.get(f"val_cm_true_{t}_pred_{p}", 0) for p in ("hem", "all")] for t in ("hem", "all")]
+    print(f"  confusion (rows true hem/all, cols predicted hem/all): {cm}")
+
+
+def cmd_tune(args: argparse.Namespace) -> int:
+    from tuner.config import load_study
+    from tuner.study import plan_study, run_study
+
+    study = load_study(args.config, args.overrides, args.data)
+    plan = plan_study(study, resume=args.resume)
+    skipped = plan.data_summary["skipped"]
+    print(f"data: {plan.data_summary['cells']} cells of {plan.data_summary['subjects']} subjects"
+          f"{' (synthetic)' if plan.data_summary['synthetic'] else ''}; {len(skipped)} files skipped"
+          + (f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""))
+    outcome = run_study(plan, args.address)
+    print_leaderboard(outcome.leaderboard, plan.study.tune.metric)
+    print_tracking_help(outcome)
+    if not outcome.complete:
+        config = f" --config {args.config}" if args.config else ""
+        print(f"\nstudy interrupted; continue it with: leukotune tune{config} --resume")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
+    print(f"\nleaderboard ({metric}, best epoch of each trial)")
+    print(f"  {'rank':<5}{'trial':<12}{'status':<12}{'epochs':<8}{metric:<18}{"last_acc":<9}params")
+    for rank, row in enumerate(rows, 1):
+        best = row.get("best")
+        best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
+        acc = row.get("val_accuracy")
+        acc_text = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
+        params = " ".join(f"{k}={_short(v)}" for k, v in row["config"].items())
+        print(f"  {rank:<5}{row['trial_id']:<12}{row['status']:<12}{row['epochs']!s:<8}{best_text:<18}{acc_text:<9}"
+              f"{params}")
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def print_tracking_help(outcome) -> None:
+    from tuner.tracking import redact
+
+    uri = outcome.tracking_uri
+    print(f"\nMLflow: experiment {outcome.experiment_id}, parent run {outcome.parent_run_id} at {redact(uri)}")
+    if uri.startswith("sqlite:"):
+        print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+              f"  (then http://127.0.0.1:5000/#/experiments/{outcome.experiment_id})")
+    else:
+        print(f"open {uri.rstrip('/')}/#/experiments/{outcome.experiment_id}")
+
+
+def main(argv: list[str] | None = None) -> int:
+    from tuner.errors import friendly_errors
+
+    args = build_parser().parse_args(argv)
+    handler: Callable[[argparse.Namespace], int] = args.handler
+    return friendly_errors(lambda: handler(args))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,44 @@
+"""Where a study's images come from: a real C-NMC folder, or a synthetic stand-in generated once and reused."""
+from __future__ import annotations
+
+import fcntl
+import hashlib
+import json
+import os
+from pathlib import Path
+
+from data import write_synthetic_dataset
+from tuner.config import DataConfig
+
+SYNTH_VERSION = 1
+
+
+def default_cache_dir() -> Path:
+    return Path(os.environ.get("LEUKOTUNE_CACHE_DIR", Path.home() / ".cache" / "leukotune"))
+
+
+def synthetic_root(data: DataConfig) -> Path:
+    params = json.dumps({"v": SYNTH_VERSION, **data.synthetic.__dict__}, sort_keys=True)
+    key = hashlib.sha256(params.encode()).hexdigest()[:12]
+    base = Path(data.cache_dir) if data.cache_dir else default_cache_dir()
+    return base / "synthetic" / key
+
+
+def resolve_data_root(data: DataConfig) -> Path:
+    """The dataset folder to read; synthetic data is written on first use (any node can, the output is seeded)."""
+    if data.path:
+        return Path(data.path).expanduser().resolve()
+    root = synthetic_root(data)
+    done = root / ".complete"
+    if done.exists():
+        return root
+    root.mkdir(parents=True, exist_ok=True)
+    # Two trials starting together on one node must not write the same files at once.
+    with open(root.parent / f"{root.name}.lock", "w") as lock:
+        fcntl.flock(lock, fcntl.LOCK_EX)
+        if not done.exists():
+            synth = data.synthetic
+            write_synthetic_dataset(root, subjects=synth.subjects, cells_per_subject=synth.cells_per_subject,
+                                    seed=synth.seed)
+            done.write_text("ok\n")
+    return root

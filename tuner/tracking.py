@@ -1,0 +1,223 @@
+"""MLflow at the edge: one parent run per study, one nested child run per trial, all written by the driver.
+
+Why not Ray's MLflowLoggerCallback: it logs flat runs (no parent) and leaves runs RUNNING when the driver dies.
+Here every child run is found again by its trial id, so a resumed study reuses it; each epoch is logged once
+(steps already in MLflow are skipped); and any run still open when the study stops is closed as KILLED.
+"""
+from __future__ import annotations
+
+import os
+import re
+import subprocess
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import Future, ThreadPoolExecutor
+from pathlib import Path
+from typing import Any, Callable, Iterable
+
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+# Progress bars from artifact uploads would interleave with the study's per-epoch lines.
+os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
+
+TAG_STUDY = "leukotune.study_id"
+TAG_TRIAL = "leukotune.trial_id"
+TAG_KIND = "leukotune.kind"
+TAG_MODEL_URI = "leukotune.model_uri"
+TAG_FINGERPRINT = "leukotune.data_fingerprint"
+TAG_EARLY_STOP = "leukotune.stopped_early"
+PARENT_TAG = "mlflow.parentRunId"
+FINAL_STATES = ("FINISHED", "FAILED", "KILLED")
+
+
+class TrackingUnavailable(RuntimeError):
+    """The tracking server cannot be reached; raised before any training starts."""
+
+
+def default_tracking_uri() -> str:
+    """$MLFLOW_TRACKING_URI, else SQLite under the working directory (the embedded default)."""
+    uri = os.environ.get("MLFLOW_TRACKING_URI")
+    if uri:
+        return uri
+    root = Path.cwd() / ".leukotune"
+    root.mkdir(parents=True, exist_ok=True)
+    return f"sqlite:///{root / 'mlflow.db'}"
+
+
+def resolve_tracking_uri(configured: str | None) -> str:
+    return configured or default_tracking_uri()
+
+
+def redact(text: str) -> str:
+    """Hide credentials in URIs (`https://user:secret@host` -> `https://user:***@host`) before logging or printing."""
+    return re.sub(r"(://[^:/@\s]+):[^@/\s]+@", r"\1:***@", str(text))
+
+
+def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
+    """Fail within seconds when an HTTP tracking server does not answer, naming the (redacted) URI."""
+    if not uri.startswith(("http://", "https://")):
+        if uri.startswith("sqlite:///"):
+            folder = Path(uri[len("sqlite:///"):]).parent
+            if not os.access(folder, os.W_OK):
+                raise TrackingUnavailable(f"MLflow SQLite folder {folder} is not writable")
+        return
+    try:
+        with urllib.request.urlopen(uri.rstrip("/") + "/health", timeout=timeout_s) as response:
+            if response.status != 200:
+                raise TrackingUnavailable(f"MLflow server at {redact(uri)} answered HTTP {response.status} on /health")
+    except (urllib.error.URLError, OSError) as exc:
+        raise TrackingUnavailable(
+            f"MLflow tracking server at {redact(uri)} is unreachable ({getattr(exc, 'reason', exc)}); start it with "
+            f"`leukotune mlflow-server` or set MLFLOW_TRACKING_URI") from exc
+
+
+def with_retries(call: Callable[[], Any], what: str, attempts: int = 8, first_delay_s: float = 0.5,
+                 log: Callable[[str], None] = print) -> Any:
+    """Run `call`, retrying with exponential backoff: a restarting tracking server must not lose a metric."""
+    delay = first_delay_s
+    for attempt in range(1, attempts + 1):
+        try:
+            return call()
+        except (MlflowException, OSError, ConnectionError) as exc:
+            if attempt == attempts:
+                raise
+            log(f"MLflow {what} failed ({type(exc).__name__}: {redact(str(exc))[:160]}); retry {attempt} in {delay:.1f}s")
+            time.sleep(delay)
+            delay = min(delay * 2, 30.0)
+
+
+def code_version() -> str:
+    try:
+        sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
+                             cwd=Path(__file__).resolve().parent).stdout.strip()
+    except (OSError, subprocess.SubprocessError):
+        sha = ""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        package = version("leukotune")
+    except PackageNotFoundError:
+        package = "unknown"
+    return f"{package}+{sha}" if sha else package
+
+
+def flatten(values: dict[str, Any], prefix: str = "") -> dict[str, Any]:
+    out: dict[str, Any] = {}
+    for key, value in values.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            out.update(flatten(value, f"{name}."))
+        else:
+            out[name] = value
+    return out
+
+
+def _chunks(items: list, size: int) -> Iterable[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+class Tracker:
+    """Thin wrapper over MlflowClient with retries, batching and redaction."""
+
+    def __init__(self, uri: str, experiment: str, log: Callable[[str], None] = print):
+        self.uri = uri
+        self.log = log
+        self.client = MlflowClient(tracking_uri=uri)
+        self.experiment_id = with_retries(lambda: self._ensure_experiment(experiment), "get experiment", log=log)
+
+    def _ensure_experiment(self, name: str) -> str:
+        found = self.client.get_experiment_by_name(name)
+        if found is not None:
+            return found.experiment_id
+        location = None
+        if self.uri.startswith("sqlite:///"):
+            # Keep artifacts beside the database, not in a stray ./mlruns of whichever folder a worker started in.
+            location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
+        return self.client.create_experiment(name, artifact_location=location)
+
+    def find_runs(self, filter_string: str) -> list:
+        return with_retries(lambda: self.client.search_runs([self.experiment_id], filter_string, max_results=5000),
+                            "search runs", log=self.log)
+
+    def create_run(self, name: str, tags: dict[str, str]) -> str:
+        run = with_retries(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags),
+                           "create run", log=self.log)
+        return run.info.run_id
+
+    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+        items = [Param(k, redact(str(v))[:6000]) for k, v in flatten(params).items()]
+        existing = self.client.get_run(run_id).data.params
+        items = [p for p in items if p.key not in existing]  # params are write-once in MLflow
+        for chunk in _chunks(items, 100):
+            with_retries(lambda chunk=chunk: self.client.log_batch(run_id, params=chunk), "log params", log=self.log)
+
+    def set_tags(self, run_id: str, tags: dict[str, Any]) -> None:
+        items = [RunTag(k, redact(str(v))) for k, v in tags.items()]
+        with_retries(lambda: self.client.log_batch(run_id, tags=items), "set tags", log=self.log)
+
+    def log_metrics(self, run_id: str, metrics: dict[str, float], step: int) -> None:
+        now = int(time.time() * 1000)
+        items = [Metric(k, float(v), now, step) for k, v in metrics.items()]
+        for chunk in _chunks(items, 1000):
+            with_retries(lambda chunk=chunk: self.client.log_batch(run_id, metrics=chunk), "log metrics", log=self.log)
+
+    def last_step(self, run_id: str, key: str) -> int:
+        history = with_retries(lambda: self.client.get_metric_history(run_id, key), "read metric history",
+                               log=self.log)
+        return max((m.step for m in history), default=0)
+
+    def log_json(self, run_id: str, payload: Any, artifact_file: str) -> None:
+        with_retries(lambda: self.client.log_dict(run_id, payload, artifact_file), "log artifact", log=self.log)
+
+    def log_text(self, run_id: str, text: str, artifact_file: str) -> None:
+        with_retries(lambda: self.client.log_text(run_id, text, artifact_file), "log artifact", log=self.log)
+
+    def log_figure(self, run_id: str, figure, artifact_file: str) -> None:
+        with_retries(lambda: self.client.log_figure(run_id, figure, artifact_file), "log figure", log=self.log)
+
+    def end_run(self, run_id: str, status: str) -> None:
+        with_retries(lambda: self.client.set_terminated(run_id, status), "end run", log=self.log)
+
+    def status(self, run_id: str) -> str:
+        return with_retries(lambda: self.client.get_run(run_id).info.status, "read run", log=self.log)
+
+
+def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
+    """The metrics worth a time series: numbers our loop reported, not Tune's bookkeeping."""
+    skip = {"epoch", "training_iteration", "timestamp", "time_this_iter_s", "time_total_s", "pid",
+            "time_since_restore", "iterations_since_restore", "done"}
+    return {k: float(v) for k, v in result.items()
+            if isinstance(v, (int, float)) and not isinstance(v, bool) and k not in skip
+            and not k.startswith(("config/", "node_ip", "hostname"))}
+
+
+class BackgroundLogger:
+    """One worker thread for slow MLflow work (model logging), so the Tune event loop never waits on it."""
+
+    def __init__(self, log: Callable[[str], None] = print):
+        self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
+        self._futures: list[Future] = []
+        self.log = log
+
+    def submit(self, fn: Callable, *args) -> None:
+        self._futures.append(self._pool.submit(self._guard, fn, *args))
+
+    def _guard(self, fn: Callable, *args) -> None:
+        try:
+            fn(*args)
+        except Exception as exc:  # noqa: BLE001 - one failed upload must not stop the others; it is reported
+            self.log(f"WARNING: MLflow background task {getattr(fn, '__name__', fn)} failed: {redact(str(exc))}")
+
+    def drain(self) -> None:
+        for future in self._futures:
+            future.result()
+        self._futures.clear()
+
+    def close(self) -> None:
+        self.drain()
+        self._pool.shutdown(wait=True)
+
