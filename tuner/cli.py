@@ -125,7 +125,7 @@ def cmd_tune(args: argparse.Namespace) -> int:
 
 def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
     print(f"\nleaderboard ({metric}, best epoch of each trial)")
-    print(f"  {'rank':<5}{'trial':<12}{'status':<12}{'epochs':<8}{metric:<18}{"last_acc":<9}params")
+    print(f"  {'rank':<5}{'trial':<12}{'status':<12}{'epochs':<8}{metric:<18}{'last_acc':<9}params")
     for rank, row in enumerate(rows, 1):
         best = row.get("best")
         best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
