@@ -19,9 +19,9 @@ install: $(STAMP)
 demo: $(STAMP)
 	$(BIN)/leukotune tune --config studies/smoke.yaml $(ARGS)
 
-## The whole test suite (CI runs exactly this).
+## The test suite: unit tests plus real Ray/Optuna/MLflow studies (CI runs exactly this, then `make e2e`).
 test: $(STAMP)
-	$(BIN)/python -m pytest -q $(ARGS)
+	$(BIN)/python -m pytest -q -m "not e2e" $(ARGS)
 
 ## Only the fast unit tests.
 test-fast: $(STAMP)

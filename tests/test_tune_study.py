@@ -5,11 +5,11 @@ import os
 import signal
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import pytest
 from mlflow.tracking import MlflowClient
+from studyproc import StudyProcess
 
 pytestmark = pytest.mark.slow
 
@@ -73,16 +73,23 @@ def test_study_logs_one_parent_with_finished_children(study_env):
 
 def test_asha_stops_weak_trials_early(study_env):
     workdir, env = study_env
-    result = run_cli(["tune", "--config", str(SMOKE), *sets(TINY + [
-        "tune.num_samples=5", "tune.max_concurrent=1", "train.epochs=4", "tune.grace_period=1",
-        "tune.reduction_factor=2", "tracking.experiment=e2e-asha", "tracking.log_models=false"])], workdir, env)
+    # A known-good and a hopeless learning rate first, so the outcome is not left to chance.
+    points = ("[{conv_layers: 3, kernel_size: 3, optimizer: adam, lr: 0.002},"
+              " {conv_layers: 3, kernel_size: 3, optimizer: rmsprop, lr: 0.0000001}]")
+    result = run_cli(["tune", "--config", str(SMOKE), *sets([
+        "tune.num_samples=3", "tune.max_concurrent=1", "train.epochs=4", "tune.grace_period=1",
+        "tune.reduction_factor=2", "tune.space.lr={loguniform: [0.0000001, 0.01]}",
+        f"tune.points_to_evaluate={points}", "tracking.experiment=e2e-asha", "tracking.log_models=false"])],
+        workdir, env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     client, _, children = runs_of(workdir, "e2e-asha")
-    assert len(children) == 5 and all(c.info.status == "FINISHED" for c in children)
-    epochs_run = [len(client.get_metric_history(c.info.run_id, "val_loss")) for c in children]
-    stopped = [c for c in children if c.data.tags.get("leukotune.stopped_early") == "true"]
-    assert min(epochs_run) < 4 and len(stopped) >= 1, epochs_run
-    assert max(epochs_run) == 4  # the best trial ran its whole budget
+    assert len(children) == 3 and all(c.info.status == "FINISHED" for c in children)
+    by_lr = {float(c.data.params["lr"]): c for c in children}
+    hopeless, good = by_lr[1e-7], by_lr[0.002]
+    assert len(client.get_metric_history(good.info.run_id, "val_loss")) == 4
+    assert len(client.get_metric_history(hopeless.info.run_id, "val_loss")) < 4
+    assert hopeless.data.tags["leukotune.stopped_early"] == "true"
+    assert good.data.tags["leukotune.stopped_early"] == "false"
 
 
 def test_killed_study_resumes_to_exactly_n_trials(study_env):
@@ -90,12 +97,11 @@ def test_killed_study_resumes_to_exactly_n_trials(study_env):
     args = ["tune", "--config", str(SMOKE), *sets(TINY + [
         "tune.num_samples=4", "tune.max_concurrent=2", "train.epochs=3", "tune.scheduler=fifo",
         "tracking.experiment=e2e-resume", "tracking.log_models=false"])]
-    driver = subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], cwd=workdir, env=env,
-                              stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, start_new_session=True)
-    killed = wait_for_first_finished_child(workdir, "e2e-resume", driver)
+    driver = StudyProcess(args, workdir, env)
+    # Kill once a trial has reported its last epoch, while the next ones are under way.
+    assert driver.wait_for(r"trial \w+ epoch 3/3"), driver.finish()[-3000:]
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, mid-study
-    driver.wait(timeout=30)
-    assert killed, "no trial finished before the time limit"
+    driver.finish(timeout=30)
     _, _, before = runs_of(workdir, "e2e-resume")
     assert any(c.info.status == "RUNNING" for c in before) or len(before) < 4
 
@@ -110,17 +116,3 @@ def test_killed_study_resumes_to_exactly_n_trials(study_env):
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
         assert steps == [1, 2, 3]  # no gap, no duplicate epoch across the restart
 
-
-def wait_for_first_finished_child(workdir: Path, experiment: str, driver: subprocess.Popen, limit_s: int = 240) -> bool:
-    deadline = time.time() + limit_s
-    db = workdir / ".leukotune" / "mlflow.db"
-    while time.time() < deadline and driver.poll() is None:
-        if db.exists():
-            try:
-                _, _, children = runs_of(workdir, experiment)
-            except Exception:  # noqa: BLE001 - the database may be mid-creation
-                children = []
-            if any(c.info.status == "FINISHED" for c in children):
-                return True
-        time.sleep(1.0)
-    return False

@@ -58,7 +58,7 @@ def log_optuna_plots(tracker: Tracker, run_id: str, plan) -> None:
     warnings.filterwarnings("ignore", message="Target and region quantiles")
     from optuna.visualization import matplotlib as ovm
 
-    study = optuna.load_study(study_name=plan.study_id, storage=f"sqlite:///{plan.directory / 'optuna.db'}")
+    study = load_optuna_study(plan.directory)
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
     plots = {"optimization_history": ovm.plot_optimization_history, "parallel_coordinate": ovm.plot_parallel_coordinate}
     if len(completed) >= 2:
@@ -72,6 +72,15 @@ def log_optuna_plots(tracker: Tracker, run_id: str, plan) -> None:
         figure = axes.figure if hasattr(axes, "figure") else axes.flat[0].figure
         tracker.log_figure(run_id, figure, f"optuna/{name}.png")
         plt.close(figure)
+
+
+def load_optuna_study(experiment_dir):
+    """The Optuna study as Tune last checkpointed it with the searcher (written at the end of every study)."""
+    from ray.tune.search.optuna import OptunaSearch
+
+    searcher = OptunaSearch()
+    searcher.restore_from_dir(str(experiment_dir))
+    return searcher._ot_study  # OptunaSearch keeps the study private; this is its only handle
 
 
 def close_parent(tracker: Tracker, run_id: str, complete: bool) -> None:

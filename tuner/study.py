@@ -117,22 +117,27 @@ def check_weights(study: StudyConfig, space: dict[str, Any]) -> None:
 
 
 def summarise_data(study: StudyConfig) -> dict[str, Any]:
-    """Read the manifest once on the driver: nothing usable stops here, before Ray starts."""
-    from data import DatasetError, load_manifest, manifest_fingerprint
+    """Decode and split the data once on the driver, before Ray starts.
+
+    Unreadable files are found here (and listed in the parent run), not one trial at a time; a folder with nothing
+    usable, or a split that leaves a class out, stops the command. The decoded cache it builds is the one the
+    trials on this node then read.
+    """
+    from data import DatasetError, prepare_data
     from tuner.datasets import resolve_data_root
 
     root = resolve_data_root(study.data)
     try:
-        manifest = load_manifest(root)
+        data = prepare_data(root, size=study.train.image_size, color=study.train.color, split=study.data.split,
+                            val_fraction=study.data.val_fraction, seed=study.data.seed,
+                            val_fold=study.data.val_fold, cache_dir=study.data.cache_dir)
     except DatasetError as exc:
         raise ConfigError(f"data: {exc}") from exc
-    labels = [r.label for r in manifest.records]
-    if len(set(labels)) < 2:
-        raise ConfigError(f"data: {root} holds only one class ({len(labels)} cells); both ALL and hem are needed")
-    return {"root": str(root), "cells": len(manifest.records), "all": labels.count(1), "hem": labels.count(0),
-            "subjects": len({r.subject for r in manifest.records}),
-            "skipped": [{"path": s.path, "reason": s.reason} for s in manifest.skipped],
-            "synthetic": not study.data.path, "fingerprint": manifest_fingerprint(manifest)}
+    labels = data.labels.tolist()
+    return {"root": str(root), "cells": len(labels), "all": labels.count(1), "hem": labels.count(0),
+            "subjects": len(set(data.subjects.tolist())), "split": data.counts,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in data.skipped],
+            "synthetic": not study.data.path, "fingerprint": data.fingerprint}
 
 
 def plan_study(study: StudyConfig, resume: bool, log: Callable[[str], None] = print) -> StudyPlan:
@@ -224,18 +229,20 @@ def check_runtime(study: StudyConfig, dashboard_url: str | None) -> None:
 # ---------------------------------------------------------------- the study
 
 def make_searcher(plan: StudyPlan):
-    """Seeded TPE (or random, for baselines) over the define-by-run space; history persisted in SQLite."""
+    """Seeded TPE (or random, for baselines) over the define-by-run space.
+
+    The Optuna study lives in the searcher, which Tune checkpoints with the experiment state: one source of truth
+    that a resumed study restores together with its trials (a separate Optuna database would run ahead of it).
+    """
     import optuna
     from ray.tune.search.optuna import OptunaSearch
 
     tune_cfg = plan.study.tune
     sampler = (optuna.samplers.TPESampler(seed=tune_cfg.seed) if tune_cfg.search == "optuna"
                else optuna.samplers.RandomSampler(seed=tune_cfg.seed))
-    # On disk, not in memory: the trial history survives a killed driver and feeds the end-of-study plots.
-    storage = optuna.storages.RDBStorage(f"sqlite:///{plan.directory / 'optuna.db'}")
     return OptunaSearch(space=DefineByRun(plan.space, dict(plan.study.train.__dict__)), metric=tune_cfg.metric,
-                        mode=tune_cfg.mode, sampler=sampler, points_to_evaluate=list(tune_cfg.points_to_evaluate) or None,
-                        storage=storage, study_name=plan.study_id)
+                        mode=tune_cfg.mode, sampler=sampler,
+                        points_to_evaluate=list(tune_cfg.points_to_evaluate) or None)
 
 
 def make_scheduler(study: StudyConfig):

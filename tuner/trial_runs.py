@@ -129,15 +129,30 @@ class TrialRecorder:
         self.tracker.end_run(run_id, "FAILED")
 
     def close(self) -> dict[str, int]:
-        """Wait for uploads, then end every run of this study still open as KILLED (interrupted trials)."""
+        """Wait for uploads, then settle every run of this study still open, by what Tune says of its trial.
+
+        A trial that finished just before the driver died is TERMINATED in Tune's state but its run may still be
+        RUNNING: it is finished properly now (model and plots from its checkpoint). Trials cut short are KILLED.
+        """
+        self.background.drain()
+        trials = {trial.trial_id: trial for trial in self.trials}
+        found = self.tracker.find_runs(f"tags.`{TAG_STUDY}` = '{self.study_id}' and tags.`{TAG_KIND}` = 'trial'")
+        killed = 0
+        for run in found:
+            run_id = run.info.run_id
+            if run.info.status not in OPEN_STATES or run_id in self.closed:
+                continue
+            trial = trials.get(run.data.tags.get(TAG_TRIAL))
+            status = getattr(trial, "status", None)
+            if status == "TERMINATED":
+                self._finish(run_id, checkpoint_dir_of(trial))
+            elif status == "ERROR":
+                self._fail(run_id, str(getattr(trial, "error_file", "") or ""))
+            else:
+                self.tracker.end_run(run_id, "KILLED")
+                killed += 1
         self.background.close()
         _RECORDERS.pop(self.study_id, None)
-        open_runs = self.tracker.find_runs(f"tags.`{TAG_STUDY}` = '{self.study_id}' and tags.`{TAG_KIND}` = 'trial'")
-        killed = 0
-        for run in open_runs:
-            if run.info.status in OPEN_STATES and run.info.run_id not in self.closed:
-                self.tracker.end_run(run.info.run_id, "KILLED")
-                killed += 1
         return {"killed": killed}
 
 
