@@ -83,9 +83,9 @@ def check_search_space(study: StudyConfig, draws: int = 64) -> dict[str, Any]:
 
 def check_storage(directory: Path, min_free_gb: float = 1.0) -> None:
     """Fail at start, not after an hour, when checkpoints could not be written."""
-    directory.mkdir(parents=True, exist_ok=True)
     probe = directory / ".write-test"
     try:
+        directory.mkdir(parents=True, exist_ok=True)
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
