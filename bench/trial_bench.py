@@ -2,8 +2,9 @@
 
 1. Samples/s of one trial epoch through leukotune's loop (cache + CellDataset + DataLoader + metrics) against a
    bare PyTorch loop over the same uint8 tensors, same model, same batch size, same thread count.
-2. Fixed seconds a trial costs before its first epoch: inline in a Tune trial (the default for one worker)
-   and a nested Ray Train TorchTrainer, measured on an already running local Ray.
+2. Fixed seconds a trial costs besides its compute: inline in a Tune trial (the default for one worker) and a
+   nested Ray Train TorchTrainer, on an already running local Ray. Measured as the slope between a study of
+   FEW and of MANY sequential 1-epoch trials, so per-study set-up is reported apart.
 
     .venv/bin/python bench/trial_bench.py [--cells-per-subject 60] [--epochs 2]
 """
@@ -31,7 +32,7 @@ from tuner.datasets import resolve_data_root  # noqa: E402
 from tuner.sessions import LocalSession  # noqa: E402
 from tuner.trial import run_training  # noqa: E402
 
-TRIALS = 3
+FEW, MANY = 2, 6
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
 
 
@@ -68,26 +69,61 @@ def leukotune_epoch_rate(study) -> float:
     return session.reports[-1]["train_samples_per_second"]
 
 
-def startup_seconds(study, runtime: str) -> dict[str, float]:
-    """(Wall time of TRIALS sequential 1-epoch trials minus their compute) / TRIALS: a trial's fixed cost."""
+def study_seconds(study, runtime: str, trials: int) -> tuple[float, float]:
+    """Wall time of `trials` sequential 1-epoch trials in one Tune study, and the compute inside them."""
     from ray import tune
 
-    from tuner.study import tune_trial
+    from tuner.study import reuse_actors, trial_resources, tune_trial
 
     single = dataclasses.replace(study, resources=dataclasses.replace(study.resources, trial_runtime=runtime))
     single = dataclasses.replace(single, train=dataclasses.replace(single.train, epochs=1))
-    results = {}
     with tempfile.TemporaryDirectory() as storage:
-        resources = {"CPU": 0} if runtime == "ray_train" else {"CPU": 1}
         trainable = tune.with_resources(tune.with_parameters(
-            tune_trial, study_dict={**single.to_dict(), "storage_path": storage}), resources)
-        tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(num_samples=TRIALS, max_concurrent_trials=1),
+            tune_trial, study_dict={**single.to_dict(), "storage_path": storage}), trial_resources(single, gpu=False))
+        tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=1,
+                                                                  reuse_actors=reuse_actors(single)),
                            run_config=tune.RunConfig(storage_path=storage, name=f"startup-{runtime}", verbose=0))
         start = time.perf_counter()
         grid = tuner.fit()
         wall = time.perf_counter() - start
-    compute = sum(r.metrics["train_seconds"] + r.metrics["val_seconds"] for r in grid)
-    return {"wall_s": wall, "epoch_compute_s": compute, "fixed_s_per_trial": (wall - compute) / TRIALS}
+    return wall, sum(r.metrics["train_seconds"] + r.metrics["val_seconds"] for r in grid)
+
+
+def startup_seconds(study, runtime: str) -> dict[str, float]:
+    """A trial's fixed cost as the slope between a short and a long study: per-study set-up cancels out."""
+    few_wall, few_compute = study_seconds(study, runtime, FEW)
+    many_wall, many_compute = study_seconds(study, runtime, MANY)
+    per_trial = ((many_wall - many_compute) - (few_wall - few_compute)) / (MANY - FEW)
+    per_study = (few_wall - few_compute) - FEW * per_trial
+    return {"fixed_s_per_trial": per_trial, "fixed_s_per_study": per_study,
+            "compute_s_per_trial": many_compute / MANY}
+
+
+def _timestamp_loop(config: dict) -> None:
+    import ray.train
+
+    started = time.time()
+    import torch.distributed  # noqa: F401 - what a real loop imports first
+
+    ray.train.report({"loop_start": started, "loop_end": time.time()})
+
+
+def ray_train_parts() -> dict[str, float]:
+    """Where a TorchTrainer's fixed cost goes: before the worker's loop starts, and after it returns."""
+    from ray.train import RunConfig, ScalingConfig
+    from ray.train.torch import TorchTrainer
+
+    parts = []
+    with tempfile.TemporaryDirectory() as storage:
+        for attempt in range(2):
+            trainer = TorchTrainer(_timestamp_loop, scaling_config=ScalingConfig(num_workers=1),
+                                   run_config=RunConfig(storage_path=storage, name=f"parts-{attempt}"))
+            called = time.time()
+            result = trainer.fit()
+            returned = time.time()
+            parts.append((result.metrics["loop_start"] - called, returned - result.metrics["loop_end"]))
+    start_up, tear_down = parts[-1]  # the second run: Ray's own first-use costs are paid already
+    return {"before_loop_s": start_up, "after_loop_s": tear_down}
 
 
 def main() -> None:
@@ -114,13 +150,18 @@ def main() -> None:
         report["ray_init_s"] = time.perf_counter() - start
         for runtime in ("inline", "ray_train"):
             report[f"startup_{runtime}"] = startup_seconds(study, runtime)
+        report["ray_train_parts"] = ray_train_parts()
         ray.shutdown()
-        print(f"\n| trial runtime | wall s ({TRIALS} trials) | compute s | fixed s per trial |\n|---|---|---|---|")
+        print("\n| trial runtime | fixed s per trial | fixed s per study | compute s per trial |\n|---|---|---|---|")
         for runtime in ("inline", "ray_train"):
             parts = report[f"startup_{runtime}"]
-            print(f"| {runtime} | {parts['wall_s']:.1f} | {parts['epoch_compute_s']:.1f} | "
-                  f"{parts['fixed_s_per_trial']:.1f} |")
+            print(f"| {runtime} | {parts['fixed_s_per_trial']:.1f} | {parts['fixed_s_per_study']:.1f} | "
+                  f"{parts['compute_s_per_trial']:.1f} |")
         print(f"\nray.init (once per study, not per trial): {report['ray_init_s']:.1f} s")
+        parts = report["ray_train_parts"]
+        print(f"TorchTrainer.fit(): {parts['before_loop_s']:.1f} s before the worker's loop starts (controller and "
+              f"worker actors, placement group, torch process group), {parts['after_loop_s']:.1f} s after it returns "
+              f"(worker group shut down, placement group removed, result collected)")
     print(json.dumps(report, indent=2, default=str))
 
 

@@ -56,6 +56,12 @@ def quiet_ray_loggers() -> None:
         logging.getLogger(name).setLevel(logging.WARNING)
 
 
+def reuse_actors(study: StudyConfig) -> bool:
+    # An inline trial's actor is just a warm Python with torch imported: handing it to the next trial saves the
+    # process start and imports (seconds per trial). A ray_train trial's actor holds nothing worth keeping.
+    return runtime_of(study) == "inline"
+
+
 def runtime_of(study: StudyConfig) -> str:
     runtime = study.resources.trial_runtime
     if runtime == "auto":
@@ -194,25 +200,30 @@ def init_ray(address: str | None, env: dict[str, str], log: Callable[[str], None
     return context
 
 
+# ray_train trials: the Tune trial actor only waits on its TorchTrainer (whose controller takes 0 CPUs); Tune
+# refuses a zero request, so it holds this sliver, and concurrency counts it so workers always find their CPUs.
+TRIAL_DRIVER_CPU = 0.01
+
+
 def trial_resources(study: StudyConfig, gpu: bool) -> dict[str, float]:
-    """What one trial holds. Inline: the trial actor runs the loop. ray_train: the workers hold the resources,
-    so the trial's own actor asks for none (counting it too would strand a CPU per trial)."""
-    resources = study.resources
+    """What one trial's own actor holds. Inline: the loop runs there. ray_train: the workers hold the rest."""
     if runtime_of(study) == "ray_train":
-        return {"CPU": 0}
-    return {"CPU": resources.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+        return {"CPU": TRIAL_DRIVER_CPU}
+    return {"CPU": study.resources.cpus_per_worker, **({"GPU": 1} if gpu else {})}
 
 
 def concurrency_for(study: StudyConfig, cluster: dict[str, float], gpu: bool) -> int:
     """Concurrent trials the cluster can really hold; refuse a trial that can never be placed."""
     resources = study.resources
     cpus_per_trial = resources.workers * resources.cpus_per_worker
+    if runtime_of(study) == "ray_train":
+        cpus_per_trial += TRIAL_DRIVER_CPU
     fits = int(cluster.get("CPU", 0) // cpus_per_trial)
     if gpu:
         fits = min(fits, int(cluster.get("GPU", 0) // resources.workers))
     if fits < 1:
         raise ConfigError(
-            f"resources: one trial needs {cpus_per_trial} CPUs{' and ' + str(resources.workers) + ' GPUs' if gpu else ''}"
+            f"resources: one trial needs {cpus_per_trial:g} CPUs{' and ' + str(resources.workers) + ' GPUs' if gpu else ''}"
             f" but the cluster has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs")
     wanted = study.tune.max_concurrent or fits
     return max(1, min(wanted, fits, study.tune.num_samples))
@@ -271,7 +282,8 @@ def build_tuner(plan: StudyPlan, callback, concurrency: int, gpu: bool):
     if plan.resume:
         return tune.Tuner.restore(str(plan.directory), trainable, resume_unfinished=True, resume_errored=True)
     tune_config = tune.TuneConfig(search_alg=make_searcher(plan), scheduler=make_scheduler(study),
-                                  num_samples=study.tune.num_samples, max_concurrent_trials=concurrency)
+                                  num_samples=study.tune.num_samples, max_concurrent_trials=concurrency,
+                                  reuse_actors=reuse_actors(study))
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
