@@ -317,7 +317,10 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
     tracker = Tracker(uri, study.tracking.experiment, log=log)
     parent_run_id = open_parent(tracker, plan)
     save_plan(plan, parent_run_id)
-    context = init_ray(address, {"MLFLOW_TRACKING_URI": uri}, log=log)
+    # Workers inherit the tracking URI; inside a Ray Job it already arrives through the job's runtime_env, and Ray
+    # refuses the same variable set twice.
+    worker_env = {} if os.environ.get("MLFLOW_TRACKING_URI") == uri else {"MLFLOW_TRACKING_URI": uri}
+    context = init_ray(address, worker_env, log=log)
     check_runtime(study, context.dashboard_url)
     from tuner.raytrain import use_gpu
 

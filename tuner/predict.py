@@ -1,0 +1,268 @@
+"""`leukotune predict`: classify cell images with a registered model, preprocessed exactly as it was trained.
+
+The model comes only from the tracking server (a `models:/` or `runs:/` URI) and is never unpickled: the
+network is rebuilt from the registry name and builder kwargs in the MLmodel's `metadata.leukotune` block, and the
+plain state dict beside it is read with `torch.load(weights_only=True)`.
+"""
+from __future__ import annotations
+
+import contextlib
+import tempfile
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Iterable, Iterator
+
+import numpy as np
+import torch
+import yaml
+from torch import nn
+
+from tuner.config import ConfigError
+
+IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
+MODEL_SCHEMES = ("models:/", "runs:/")
+REQUIRED_PREPROCESSING = ("image_size", "color", "mean", "std")
+
+
+@dataclass(frozen=True)
+class LoadedModel:
+    """A rebuilt network and the facts needed to feed it."""
+
+    network: nn.Module
+    preprocessing: dict[str, Any]
+    class_names: list[str]
+    model_name: str
+    best_epoch: int | None
+
+    @property
+    def all_index(self) -> int:
+        return self.class_names.index("all")
+
+
+@dataclass(frozen=True)
+class Prediction:
+    """One row of output: a class and P(ALL), or the reason the file could not be classified."""
+
+    file: str
+    label: str | None = None
+    p_all: float | None = None
+    error: str | None = None
+
+    def to_dict(self) -> dict[str, Any]:
+        if self.error is not None:
+            return {"file": self.file, "error": self.error}
+        return {"file": self.file, "class": self.label, "p_all": round(self.p_all, 6)}
+
+
+# ---------------------------------------------------------------- the model
+
+def check_model_uri(model_uri: str) -> None:
+    """Only registry or run URIs: a local path or bucket would bypass the tracking server's records."""
+    if not model_uri.startswith(MODEL_SCHEMES):
+        raise ConfigError(f"--model {model_uri!r}: give a model from the tracking server, e.g. "
+                          f"models:/leukotune-<experiment>@champion (or runs:/<run_id>/model)")
+
+
+@contextlib.contextmanager
+def _process_tracking_uri(uri: str) -> Iterator[None]:
+    # MLflow 3.17 resolves `models:/` URIs with the process-wide registry URI, ignoring the one passed to
+    # download_artifacts; set both for the download and put the previous ones back.
+    import mlflow
+
+    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    mlflow.set_tracking_uri(uri)
+    mlflow.set_registry_uri(uri)
+    try:
+        yield
+    finally:
+        mlflow.set_tracking_uri(previous[0])
+        mlflow.set_registry_uri(previous[1])
+
+
+def download_model(model_uri: str, tracking_uri: str, destination: Path) -> Path:
+    import mlflow.artifacts
+    from mlflow.exceptions import MlflowException
+
+    from tuner.tracking import redact
+
+    try:
+        with _process_tracking_uri(tracking_uri):
+            return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination),
+                                                            tracking_uri=tracking_uri, registry_uri=tracking_uri))
+    except MlflowException as exc:
+        first = redact(str(getattr(exc, "message", exc))).strip().splitlines()[0][:300]
+        if "401" in first or "403" in first:
+            first = "the server refused the credentials (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
+        raise ConfigError(f"model {model_uri} could not be fetched from {redact(tracking_uri)}: {first}") from None
+
+
+def read_metadata(model_dir: Path) -> dict[str, Any]:
+    """The `metadata.leukotune` block of the MLmodel file, checked for what prediction needs."""
+    mlmodel = model_dir / "MLmodel"
+    if not mlmodel.is_file():
+        raise ConfigError(f"{model_dir.name}: no MLmodel file; is this a model logged by leukotune?")
+    meta = ((yaml.safe_load(mlmodel.read_text()) or {}).get("metadata") or {}).get("leukotune")
+    if not isinstance(meta, dict):
+        raise ConfigError("the model has no `metadata.leukotune` block (it was not logged by leukotune), so its "
+                          "preprocessing is unknown")
+    missing = [k for k in ("model_name", "model_kwargs", "preprocessing", "state_dict") if k not in meta]
+    missing += [f"preprocessing.{k}" for k in REQUIRED_PREPROCESSING if k not in meta.get("preprocessing", {})]
+    if missing:
+        raise ConfigError(f"the model's leukotune metadata lacks {', '.join(missing)}")
+    return meta
+
+
+def state_dict_path(model_dir: Path, relative: str) -> Path:
+    """The weights file named by the metadata, which must lie inside the downloaded model folder."""
+    root = model_dir.resolve()
+    path = (root / relative).resolve()
+    if root not in path.parents or not path.is_file():
+        raise ConfigError(f"the model's weights file {relative!r} is missing from the downloaded model")
+    return path
+
+
+def build_network(meta: dict[str, Any], model_dir: Path) -> nn.Module:
+    """Registry name + saved builder kwargs (no ImageNet download) + the state dict, read as plain tensors."""
+    from models import get_model
+
+    kwargs = dict(meta["model_kwargs"])
+    if "weights" in kwargs:
+        kwargs["weights"] = None  # every weight is in the state dict; never look for pretrained files
+    network = get_model(meta["model_name"], **kwargs)
+    state = torch.load(state_dict_path(model_dir, meta["state_dict"]), map_location="cpu", weights_only=True)
+    network.load_state_dict(state)
+    return network.eval()
+
+
+def load_model(model_uri: str, tracking_uri: str) -> LoadedModel:
+    """Fetch the model's files from the tracking server and rebuild it; the download is deleted afterwards."""
+    from tuner.tracking import check_reachable
+
+    check_model_uri(model_uri)
+    check_reachable(tracking_uri)
+    with tempfile.TemporaryDirectory(prefix="leukotune-predict-") as tmp:
+        model_dir = download_model(model_uri, tracking_uri, Path(tmp))
+        meta = read_metadata(model_dir)
+        network = build_network(meta, model_dir)
+    class_names = list(meta.get("class_names") or ["hem", "all"])
+    if sorted(class_names) != ["all", "hem"]:
+        raise ConfigError(f"the model's classes are {class_names}; expected hem and all")
+    return LoadedModel(network, dict(meta["preprocessing"]), class_names, meta["model_name"], meta.get("best_epoch"))
+
+
+def describe_version(model_uri: str, tracking_uri: str) -> str | None:
+    """`version N (run R)` for a `models:/NAME@alias` or `models:/NAME/N` URI; None when it cannot be told."""
+    from mlflow.tracking import MlflowClient
+
+    if not model_uri.startswith("models:/"):
+        return None
+    name_part = model_uri[len("models:/"):]
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        if "@" in name_part:
+            name, alias = name_part.rsplit("@", 1)
+            version = client.get_model_version_by_alias(name, alias)
+        else:
+            name, number = name_part.rsplit("/", 1)
+            version = client.get_model_version(name, number)
+    except Exception:  # noqa: BLE001 - informational only; the download already succeeded
+        return None
+    return f"version {version.version} (run {version.run_id})"
+
+
+# ---------------------------------------------------------------- the images
+
+def list_images(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
+    """Files named directly (whatever their suffix) and image files found under folders, recursively, in order.
+
+    A path that does not exist comes back with its error, to be reported like an unreadable file.
+    """
+    seen: set[Path] = set()
+    found: list[tuple[Path, str | None]] = []
+
+    def add(path: Path, error: str | None = None) -> None:
+        if path not in seen:
+            seen.add(path)
+            found.append((path, error))
+
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            for child in sorted(p for p in path.rglob("*") if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES):
+                add(child)
+        elif path.is_file():
+            add(path)
+        else:
+            add(path, "no such file or folder")
+    return found
+
+
+def normalise(image: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
+    """uint8 (C,H,W) -> float32 `(x/255 - mean)/std` per channel, as the training loader did."""
+    x = torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0)  # a copy: decoded buffers are read-only
+    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
+    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
+    return (x - mean_t) / std_t
+
+
+def read_input(path: Path, preprocessing: dict[str, Any]) -> torch.Tensor:
+    from data.images import read_image
+
+    image = read_image(path, int(preprocessing["image_size"]), preprocessing["color"])
+    return normalise(image, preprocessing["mean"], preprocessing["std"])
+
+
+@torch.inference_mode()
+def probability_of_all(model: LoadedModel, batch: torch.Tensor, tta: bool) -> np.ndarray:
+    """P(ALL) per image; with `tta` the mean over the four rot90 views (cells have no preferred orientation)."""
+    views = [torch.rot90(batch, k, dims=(-2, -1)) for k in range(4)] if tta else [batch]
+    probs = torch.stack([torch.softmax(model.network(v), dim=1) for v in views]).mean(dim=0)
+    return probs[:, model.all_index].numpy()
+
+
+def _batches(items: list, size: int) -> Iterator[list]:
+    for start in range(0, len(items), size):
+        yield items[start:start + size]
+
+
+def predict_files(model: LoadedModel, files: list[tuple[Path, str | None]], tta: bool = False,
+                  batch_size: int = 32) -> list[Prediction]:
+    """One Prediction per file in input order; a file that cannot be read gets its error, the others go on.
+
+    Files are read one batch at a time, so a folder of any size needs only one batch in memory.
+    """
+    rows: list[Prediction] = []
+    for chunk in _batches(files, max(1, batch_size)):
+        results: dict[int, Prediction] = {}
+        readable: list[tuple[int, torch.Tensor]] = []
+        for i, (path, error) in enumerate(chunk):
+            if error:
+                results[i] = Prediction(str(path), error=error)
+                continue
+            try:
+                readable.append((i, read_input(path, model.preprocessing)))
+            except Exception as exc:  # noqa: BLE001 - per-file boundary: report it, classify the rest
+                results[i] = Prediction(str(path), error=_one_line(exc))
+        if readable:
+            p_all = probability_of_all(model, torch.stack([t for _, t in readable]), tta)
+            for (i, _), p in zip(readable, p_all):
+                results[i] = Prediction(str(chunk[i][0]), "all" if p >= 0.5 else "hem", float(p))
+        rows += [results[i] for i in range(len(chunk))]
+    return rows
+
+
+def _one_line(exc: BaseException) -> str:
+    reason = getattr(exc, "reason", None)  # data.ImageError: the row already names the file
+    text = str(reason if isinstance(reason, str) else exc).strip().splitlines()
+    return f"{type(exc).__name__}: {text[0][:300]}" if text else type(exc).__name__
+
+
+def format_table(rows: list[Prediction]) -> list[str]:
+    width = max([len(r.file) for r in rows] + [4])
+    lines = [f"{'file':<{width}}  {'class':<5}  p_all"]
+    for row in rows:
+        if row.error is not None:
+            lines.append(f"{row.file:<{width}}  {'-':<5}  -      error: {row.error}")
+        else:
+            lines.append(f"{row.file:<{width}}  {row.label:<5}  {row.p_all:.4f}")
+    return lines

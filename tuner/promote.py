@@ -1,0 +1,227 @@
+"""`leukotune promote`: register the best finished trial's model and point an alias (default `champion`) at it.
+
+MLflow 3 aliases, not the deprecated stages. The choice is deterministic (metric, then the earliest start, then
+run id), a run is registered at most once (its existing version is reused), and a model below the bar is refused.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any, Callable
+
+from tuner.tracking import PARENT_TAG, TAG_FINGERPRINT, TAG_KIND, TAG_MODEL_URI, TAG_STUDY, TAG_TRIAL
+
+if TYPE_CHECKING:
+    from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion
+    from mlflow.tracking import MlflowClient
+
+DEFAULT_METRIC = "best_val_f1_weighted"
+DEFAULT_ALIAS = "champion"
+BEST_EPOCH_FILE = "best_epoch.json"
+
+
+@dataclass(frozen=True)
+class Candidate:
+    """A finished trial run with a logged model and a finite value of the metric."""
+
+    run_id: str
+    run_name: str
+    value: float
+    start_time: int
+    model_uri: str
+
+
+@dataclass
+class Promotion:
+    """What `promote` did, or why it refused (then `refused` holds the reason and nothing was registered)."""
+
+    model_name: str
+    alias: str
+    metric: str
+    candidate: Candidate | None = None
+    version: str | None = None
+    created: bool = False
+    previous_version: str | None = None
+    refused: str | None = None
+    tags: dict[str, str] = field(default_factory=dict)
+
+    @property
+    def model_uri(self) -> str:
+        return f"models:/{self.model_name}@{self.alias}"
+
+
+def default_model_name(experiment: str) -> str:
+    """`leukotune-<experiment>`; an experiment already named leukotune-... is not prefixed twice."""
+    return experiment if experiment.startswith("leukotune-") else f"leukotune-{experiment}"
+
+
+def find_candidates(client: MlflowClient, experiment_id: str, metric: str) -> list[Candidate]:
+    """Every FINISHED trial run of the experiment that logged a model and the metric (NaN counts as missing)."""
+    filter_string = f"tags.`{TAG_KIND}` = 'trial' and attributes.status = 'FINISHED'"
+    candidates, token = [], None
+    while True:
+        page = client.search_runs([experiment_id], filter_string, max_results=1000, page_token=token)
+        for run in page:
+            value = run.data.metrics.get(metric)
+            model_uri = run.data.tags.get(TAG_MODEL_URI)
+            if model_uri and value is not None and math.isfinite(value):
+                candidates.append(Candidate(run.info.run_id, run.info.run_name or run.info.run_id, float(value),
+                                            int(run.info.start_time or 0), model_uri))
+        token = page.token
+        if not token:
+            return candidates
+
+
+def rank(candidates: list[Candidate], mode: str = "max") -> list[Candidate]:
+    """Best first; ties go to the earliest start, then the smaller run id, so two calls always agree."""
+    sign = -1.0 if mode == "max" else 1.0
+    return sorted(candidates, key=lambda c: (sign * c.value, c.start_time, c.run_id))
+
+
+def threshold_problem(value: float, metric: str, minimum: float | None, maximum: float | None) -> str | None:
+    """Why `value` does not clear the bar, or None when it does."""
+    if minimum is not None and value < minimum:
+        return f"the best {metric} is {value:.4f}, below --min {minimum:g}"
+    if maximum is not None and value > maximum:
+        return f"the best {metric} is {value:.4f}, above --max {maximum:g}"
+    return None
+
+
+def data_fingerprint(client: MlflowClient, run: Run) -> str | None:
+    """The trial run's dataset fingerprint tag, else its study (parent) run's."""
+    if run.data.tags.get(TAG_FINGERPRINT):
+        return run.data.tags[TAG_FINGERPRINT]
+    parent_id = run.data.tags.get(PARENT_TAG)
+    if parent_id:
+        return client.get_run(parent_id).data.tags.get(TAG_FINGERPRINT) or None
+    return None
+
+
+def best_epoch_metrics(client: MlflowClient, run: Run) -> dict[str, float]:
+    """Metrics of the epoch whose weights were logged (best_epoch.json), else the run's latest values."""
+    import json
+    import tempfile
+
+    try:
+        with tempfile.TemporaryDirectory(prefix="leukotune-promote-") as tmp:
+            path = client.download_artifacts(run.info.run_id, BEST_EPOCH_FILE, tmp)
+            with open(path) as handle:
+                metrics = json.load(handle).get("metrics", {})
+    except Exception:  # noqa: BLE001 - an older run without the file still gets its latest metrics
+        metrics = {}
+    chosen = metrics or run.data.metrics
+    return {k: float(v) for k, v in chosen.items() if isinstance(v, (int, float)) and not isinstance(v, bool)}
+
+
+def version_tags(client: MlflowClient, run: Run, candidate: Candidate, metric: str,
+                 experiment: str) -> dict[str, str]:
+    """Provenance on the model version: what was optimised, the value, the data, the study and trial."""
+    tags = {"leukotune.experiment": experiment, "leukotune.run_id": candidate.run_id,
+            "leukotune.metric": metric, "leukotune.metric_value": f"{candidate.value:.6g}",
+            TAG_FINGERPRINT: data_fingerprint(client, run) or "unknown"}
+    for key in (TAG_STUDY, TAG_TRIAL):
+        if run.data.tags.get(key):
+            tags[key] = run.data.tags[key]
+    for key, value in sorted(best_epoch_metrics(client, run).items()):
+        tags[f"metric.{key}"] = f"{value:.6g}"
+    return tags
+
+
+def existing_version(client: MlflowClient, model_name: str, run_id: str) -> ModelVersion | None:
+    """The version already registered from this run, if any (promoting twice must not add a version)."""
+    versions = client.search_model_versions(f"name = '{_quote(model_name)}' and run_id = '{run_id}'")
+    return min(versions, key=lambda v: int(v.version)) if versions else None
+
+
+def _quote(text: str) -> str:
+    return text.replace("'", "\\'")
+
+
+def ensure_registered_model(client: MlflowClient, model_name: str, experiment: str) -> None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        client.get_registered_model(model_name)
+    except MlflowException:
+        client.create_registered_model(
+            model_name, description=f"ALL-vs-hem cell classifiers promoted from the leukotune experiment "
+                                    f"'{experiment}' (`leukotune promote`).")
+
+
+def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
+    from mlflow.exceptions import MlflowException
+
+    try:
+        return str(client.get_model_version_by_alias(model_name, alias).version)
+    except MlflowException:
+        return None
+
+
+def promote(tracking_uri: str, experiment: str, metric: str = DEFAULT_METRIC, mode: str = "max",
+            minimum: float | None = None, maximum: float | None = None, alias: str = DEFAULT_ALIAS,
+            model_name: str | None = None, log: Callable[[str], None] = print) -> Promotion:
+    """Pick, check, register (once) and alias the best trial model of `experiment`."""
+    from mlflow.tracking import MlflowClient
+
+    from tuner.config import ConfigError
+    from tuner.tracking import check_reachable, redact
+
+    check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    found = client.get_experiment_by_name(experiment)
+    if found is None:
+        names = sorted(e.name for e in client.search_experiments(max_results=200))
+        raise ConfigError(f"no experiment named {experiment!r} at {redact(tracking_uri)}; "
+                          f"existing: {', '.join(names) or 'none'}")
+    result = Promotion(model_name or default_model_name(experiment), alias, metric)
+    ranked = rank(find_candidates(client, found.experiment_id, metric), mode)
+    if not ranked:
+        result.refused = (f"no FINISHED trial run with a logged model and metric {metric!r} in experiment "
+                          f"{experiment!r}")
+        return result
+    best = result.candidate = ranked[0]
+    log(f"best of {len(ranked)} finished trial run(s): {best.run_name} ({best.run_id}) {metric} = {best.value:.4f}")
+    result.refused = threshold_problem(best.value, metric, minimum, maximum)
+    if result.refused:
+        return result
+    register_and_alias(client, result, experiment)
+    return result
+
+
+def register_and_alias(client: MlflowClient, result: Promotion, experiment: str) -> None:
+    """Create the version (unless this run already has one), then move the alias onto it."""
+    best = result.candidate
+    ensure_registered_model(client, result.model_name, experiment)
+    version = existing_version(client, result.model_name, best.run_id)
+    if version is None:
+        run = client.get_run(best.run_id)
+        result.tags = version_tags(client, run, best, result.metric, experiment)
+        version = client.create_model_version(result.model_name, source=best.model_uri, run_id=best.run_id,
+                                              tags=result.tags,
+                                              description=f"{result.metric} = {best.value:.4f} (run {best.run_id})")
+        result.created = True
+    result.version = str(version.version)
+    result.previous_version = current_alias_version(client, result.model_name, result.alias)
+    client.set_registered_model_alias(result.model_name, result.alias, result.version)
+
+
+def summary_lines(result: Promotion) -> list[str]:
+    """What happened, for the terminal."""
+    if result.refused:
+        return [f"not promoted: {result.refused}"]
+    how = "registered as new version" if result.created else "already registered as version"
+    moved = (f" (was version {result.previous_version})"
+             if result.previous_version and result.previous_version != result.version else "")
+    return [f"{how} {result.version} of {result.model_name}; alias @{result.alias} -> version {result.version}{moved}",
+            f"data fingerprint: {result.tags.get(TAG_FINGERPRINT, 'see the version tags')}" if result.created else
+            f"version tags unchanged (run {result.candidate.run_id})",
+            result.model_uri]
+
+
+def promotion_json(result: Promotion) -> dict[str, Any]:
+    best = result.candidate
+    return {"model_uri": None if result.refused else result.model_uri, "model_name": result.model_name,
+            "alias": result.alias, "version": result.version, "created": result.created,
+            "refused": result.refused, "metric": result.metric, "value": best.value if best else None,
+            "run_id": best.run_id if best else None}
