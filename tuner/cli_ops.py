@@ -121,12 +121,9 @@ def _info(message: str) -> None:
 def cmd_submit(args: argparse.Namespace) -> int:
     from tuner import jobs
 
-    try:
-        client = jobs.connect(args.address)
-        job_id = jobs.submit_study(client, args.config, args.overrides, args.data, args.working_dir,
-                                   args.tracking_uri, log=_info)
-    except jobs.ClusterError as exc:
-        return _fail(str(exc))
+    client = jobs.connect(args.address)
+    job_id = jobs.submit_study(client, args.config, args.overrides, args.data, args.working_dir, args.tracking_uri,
+                               log=_info)
     address = client.get_address()
     print(f"submitted job: {job_id}")
     _info(f"follow: leukotune jobs logs {job_id} --follow --address {address}\n"
@@ -144,8 +141,6 @@ def _follow(client, job_id: str) -> int:
     except KeyboardInterrupt:
         _info(f"\nstopped following; the job keeps running (leukotune jobs stop {job_id} to end it)")
         return EXIT_INTERRUPTED
-    except jobs.ClusterError as exc:
-        return _fail(str(exc))
     _info(f"job {job_id}: {status}")
     return jobs.exit_code_for(status)
 
@@ -153,11 +148,7 @@ def _follow(client, job_id: str) -> int:
 def cmd_jobs_status(args: argparse.Namespace) -> int:
     from tuner import jobs
 
-    try:
-        client = jobs.connect(args.address)
-        info = jobs.job_info(client, args.job_id)
-    except jobs.ClusterError as exc:
-        return _fail(str(exc))
+    info = jobs.job_info(jobs.connect(args.address), args.job_id)
     print("\n".join(jobs.describe_job(info)))
     return EXIT_OK
 
@@ -165,24 +156,17 @@ def cmd_jobs_status(args: argparse.Namespace) -> int:
 def cmd_jobs_logs(args: argparse.Namespace) -> int:
     from tuner import jobs
 
-    try:
-        client = jobs.connect(args.address)
-        if not args.follow:
-            sys.stdout.write(jobs.job_logs(client, args.job_id))
-            return EXIT_OK
-    except jobs.ClusterError as exc:
-        return _fail(str(exc))
+    client = jobs.connect(args.address)
+    if not args.follow:
+        sys.stdout.write(jobs.job_logs(client, args.job_id))
+        return EXIT_OK
     return _follow(client, args.job_id)
 
 
 def cmd_jobs_stop(args: argparse.Namespace) -> int:
     from tuner import jobs
 
-    try:
-        client = jobs.connect(args.address)
-        status = jobs.stop_job(client, args.job_id)
-    except jobs.ClusterError as exc:
-        return _fail(str(exc))
+    status = jobs.stop_job(jobs.connect(args.address), args.job_id)
     print(f"job {args.job_id}: {status}")
     return EXIT_OK
 
@@ -192,13 +176,9 @@ def cmd_jobs_stop(args: argparse.Namespace) -> int:
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
     from tuner import server
 
-    try:
-        plan = server.plan_server(args.host, args.port, args.backend_store_uri, args.artifacts_destination,
-                                  expose=args.expose, auth=args.auth, workers=args.workers,
-                                  allowed_hosts=args.allowed_hosts)
-        server.check_port_free(args.host or (server.EXPOSED if args.expose else server.LOOPBACK), args.port)
-    except server.ServerError as exc:
-        return _fail(str(exc))
+    plan = server.plan_server(args.host, args.port, args.backend_store_uri, args.artifacts_destination,
+                              expose=args.expose, auth=args.auth, workers=args.workers, allowed_hosts=args.allowed_hosts)
+    server.check_port_free(args.host or (server.EXPOSED if args.expose else server.LOOPBACK), args.port)
     for line in server.describe(plan):
         print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
     server.exec_server(plan)

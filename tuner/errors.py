@@ -12,9 +12,12 @@ def _user_errors() -> tuple[type[BaseException], ...]:
     from data import DatasetError
     from models import UnknownModelError, WeightsNotFoundError
     from tuner.config import ConfigError
+    from tuner.jobs import ClusterError
+    from tuner.server import ServerError
     from tuner.tracking import TrackingUnavailable
 
-    return ConfigError, DatasetError, TrackingUnavailable, WeightsNotFoundError, UnknownModelError
+    return (ConfigError, DatasetError, TrackingUnavailable, WeightsNotFoundError, UnknownModelError, ClusterError,
+            ServerError)
 
 
 def friendly_errors(run: Callable[[], int]) -> int:

@@ -56,16 +56,10 @@ class TuneSession(LocalSession):
     def __init__(self, use_gpu: str = "auto"):
         super().__init__(use_gpu)
 
-    @contextmanager
-    def restore_dir(self) -> Iterator[Path | None]:
+    def restore_dir(self):
         from ray import tune
 
-        checkpoint = tune.get_checkpoint()
-        if checkpoint is None:
-            yield None
-            return
-        with checkpoint.as_directory() as directory:
-            yield Path(directory)
+        return _local_directory(tune.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         from ray import tune
@@ -99,22 +93,26 @@ class TrainSession:
 
         return ray.train.torch.prepare_data_loader(loader, move_to_device=False)
 
-    @contextmanager
-    def restore_dir(self) -> Iterator[Path | None]:
+    def restore_dir(self):
         import ray.train
 
-        checkpoint = ray.train.get_checkpoint()
-        if checkpoint is None:
-            yield None
-            return
-        with checkpoint.as_directory() as directory:
-            yield Path(directory)
+        return _local_directory(ray.train.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         import ray.train
 
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(_tune_safe(metrics), checkpoint=checkpoint)
+
+
+@contextmanager
+def _local_directory(checkpoint) -> Iterator[Path | None]:
+    """A Ray checkpoint as a local folder for the duration of the block (None when there is none)."""
+    if checkpoint is None:
+        yield None
+        return
+    with checkpoint.as_directory() as directory:
+        yield Path(directory)
 
 
 def _tune_safe(metrics: dict[str, Any]) -> dict[str, Any]:
