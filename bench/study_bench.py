@@ -98,7 +98,7 @@ def main() -> None:
     parser.add_argument("--subjects", type=int, default=16)
     parser.add_argument("--cells-per-subject", type=int, default=60)
     parser.add_argument("--overhead-trials", type=int, default=4)
-    parser.add_argument("--overhead-epochs", type=int, default=6)
+    parser.add_argument("--overhead-epochs", type=int, default=8)
     parser.add_argument("--search-trials", type=int, default=10)
     parser.add_argument("--search-epochs", type=int, default=6)
     parser.add_argument("--skip-overhead", action="store_true")
