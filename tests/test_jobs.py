@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import free_port, ray_env, start_ray_head, write_token
+from e2e.servers import free_port, ray_env, start_ray_head, write_token
 from tuner import jobs
 
 LEUKOTUNE = str(Path(sys.executable).parent / "leukotune")

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from e2e import Background, RayCluster, free_port, ray_env, start, start_ray_head, wait_http, write_token
+from e2e.servers import Background, RayCluster, free_port, ray_env, start, start_ray_head, wait_http, write_token
 
 pytestmark = pytest.mark.e2e
 
