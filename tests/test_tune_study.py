@@ -8,6 +8,7 @@ import sys
 from pathlib import Path
 
 import pytest
+from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
 from studyproc import StudyProcess
 
@@ -115,4 +116,10 @@ def test_killed_study_resumes_to_exactly_n_trials(study_env):
     for child in children:
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_loss")]
         assert steps == [1, 2, 3]  # no gap, no duplicate epoch across the restart
+    # A trial started after Tune's last state snapshot is unknown to the resumed study: its run is retired
+    # (KILLED, tagged, soft-deleted so it can be restored), never left RUNNING.
+    everything = client.search_runs([parents[0].info.experiment_id], run_view_type=ViewType.ALL)
+    for run in everything:
+        if run.info.lifecycle_stage == "deleted":
+            assert run.info.status == "KILLED" and run.data.tags["leukotune.orphaned"] == "true"
 

@@ -29,6 +29,7 @@ TAG_KIND = "leukotune.kind"
 TAG_MODEL_URI = "leukotune.model_uri"
 TAG_FINGERPRINT = "leukotune.data_fingerprint"
 TAG_EARLY_STOP = "leukotune.stopped_early"
+TAG_ORPHANED = "leukotune.orphaned"
 PARENT_TAG = "mlflow.parentRunId"
 FINAL_STATES = ("FINISHED", "FAILED", "KILLED")
 

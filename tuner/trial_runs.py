@@ -11,7 +11,7 @@ from typing import Any, Callable
 from ray import tune
 
 from tuner.artifacts import log_trial_artifacts
-from tuner.tracking import (PARENT_TAG, TAG_EARLY_STOP, TAG_KIND, TAG_MODEL_URI, TAG_STUDY, TAG_TRIAL,
+from tuner.tracking import (PARENT_TAG, TAG_EARLY_STOP, TAG_KIND, TAG_MODEL_URI, TAG_ORPHANED, TAG_STUDY, TAG_TRIAL,
                             BackgroundLogger, Tracker, numeric_metrics)
 
 OPEN_STATES = ("RUNNING", "SCHEDULED")
@@ -128,11 +128,20 @@ class TrialRecorder:
             self.tracker.log_text(run_id, Path(error_file).read_text()[-20000:], "error.txt")
         self.tracker.end_run(run_id, "FAILED")
 
+    def _retire_orphan(self, run_id: str) -> None:
+        """A run whose trial Tune never recorded: it started after the last state snapshot before the driver died,
+        and the resumed study ran its slot as a new trial. Closed as KILLED, tagged, and soft-deleted (restorable
+        with `mlflow runs restore`) so the study shows exactly one run per trial."""
+        self.tracker.end_run(run_id, "KILLED")
+        self.tracker.set_tags(run_id, {TAG_ORPHANED: "true"})
+        self.tracker.client.delete_run(run_id)
+
     def close(self) -> dict[str, int]:
         """Wait for uploads, then settle every run of this study still open, by what Tune says of its trial.
 
         A trial that finished just before the driver died is TERMINATED in Tune's state but its run may still be
         RUNNING: it is finished properly now (model and plots from its checkpoint). Trials cut short are KILLED.
+        Runs of trials Tune never recorded are retired (see `_retire_orphan`).
         """
         self.background.drain()
         trials = {trial.trial_id: trial for trial in self.trials}
@@ -144,7 +153,9 @@ class TrialRecorder:
                 continue
             trial = trials.get(run.data.tags.get(TAG_TRIAL))
             status = getattr(trial, "status", None)
-            if status == "TERMINATED":
+            if trial is None and trials:
+                self._retire_orphan(run_id)
+            elif status == "TERMINATED":
                 self._finish(run_id, checkpoint_dir_of(trial))
             elif status == "ERROR":
                 self._fail(run_id, str(getattr(trial, "error_file", "") or ""))
