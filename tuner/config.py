@@ -6,7 +6,6 @@ Ray starts, with the unknown key and the accepted ones in the message.
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 from dataclasses import dataclass, field, fields
 from pathlib import Path
@@ -112,9 +111,6 @@ class StudyConfig:
 
     def to_dict(self) -> dict[str, Any]:
         return dataclasses.asdict(self)
-
-    def fingerprint(self) -> str:
-        return hashlib.sha256(json.dumps(self.to_dict(), sort_keys=True).encode()).hexdigest()[:12]
 
 
 def from_dict(cls: type, values: dict[str, Any] | None, where: str = "") -> Any:
