@@ -17,7 +17,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from models import build_optimizer, get_model  # noqa: E402
+from leukotune.models import build_optimizer, get_model  # noqa: E402
 
 CASES = [("cnn", 128, {"conv_layers": 5, "kernel_size": 3}), ("resnet50", 224, {"unfreeze": 16, "freeze": True})]
 

@@ -22,8 +22,14 @@ import torch  # noqa: E402
 from torch.utils.data import DataLoader  # noqa: E402
 from torchvision import datasets, transforms  # noqa: E402
 
-from data import (CellDataset, channel_stats, collate_batch, load_cached_images, load_manifest,  # noqa: E402
-                  write_synthetic_dataset)
+from leukotune.data import (  # noqa: E402
+    CellDataset,
+    channel_stats,
+    collate_batch,
+    load_cached_images,
+    load_manifest,
+    write_synthetic_dataset,
+)
 
 BATCH = 64
 

@@ -22,10 +22,10 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from mlflow.tracking import MlflowClient  # noqa: E402
 
-from tuner.config import load_study, replace_train  # noqa: E402
-from tuner.sessions import LocalSession  # noqa: E402
-from tuner.study import plan_study, run_study  # noqa: E402
-from tuner.trial import run_training  # noqa: E402
+from leukotune.tuner.config import load_study, replace_train  # noqa: E402
+from leukotune.tuner.train.loop import run_training  # noqa: E402
+from leukotune.tuner.train.sessions import LocalSession  # noqa: E402
+from leukotune.tuner.tune import plan_study, run_study  # noqa: E402
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
 

@@ -11,7 +11,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import json
 import os
 import sys
@@ -25,12 +24,12 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from torch import nn  # noqa: E402
 
-from data import prepare_data  # noqa: E402
-from models import build_optimizer, get_model  # noqa: E402
-from tuner.config import load_study, model_kwargs  # noqa: E402
-from tuner.datasets import resolve_data_root  # noqa: E402
-from tuner.sessions import LocalSession  # noqa: E402
-from tuner.trial import run_training  # noqa: E402
+from leukotune.data import prepare_data  # noqa: E402
+from leukotune.models import build_optimizer, get_model  # noqa: E402
+from leukotune.tuner.config import build_study, load_study, model_kwargs, replace_train  # noqa: E402
+from leukotune.tuner.train.data_source import resolve_data_root  # noqa: E402
+from leukotune.tuner.train.loop import run_training  # noqa: E402
+from leukotune.tuner.train.sessions import LocalSession  # noqa: E402
 
 FEW, MANY = 2, 6
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
@@ -73,10 +72,10 @@ def study_seconds(study, runtime: str, trials: int) -> tuple[float, float]:
     """Wall time of `trials` sequential 1-epoch trials in one Tune study, and the compute inside them."""
     from ray import tune
 
-    from tuner.study import reuse_actors, trial_resources, tune_trial
+    from leukotune.tuner.tune.trainable import reuse_actors, trial_resources, tune_trial
 
-    single = dataclasses.replace(study, resources=dataclasses.replace(study.resources, trial_runtime=runtime))
-    single = dataclasses.replace(single, train=dataclasses.replace(single.train, epochs=1))
+    single = build_study({**study.to_dict(), "resources": {**study.resources.to_dict(), "trial_runtime": runtime}})
+    single = replace_train(single, {"epochs": 1})
     with tempfile.TemporaryDirectory() as storage:
         trainable = tune.with_resources(tune.with_parameters(
             tune_trial, study_dict={**single.to_dict(), "storage_path": storage}), trial_resources(single, gpu=False))
@@ -139,7 +138,7 @@ def main() -> None:
     os.environ.setdefault("LEUKOTUNE_CACHE_DIR", tempfile.mkdtemp(prefix="leukotune-bench-"))
     study = load_study(STUDY, [f"data.synthetic.cells_per_subject={args.cells_per_subject}",
                                f"train.epochs={args.epochs}", "train.augment=none"])
-    leukotune_epoch_rate(dataclasses.replace(study, train=dataclasses.replace(study.train, epochs=1)))  # warm cache
+    leukotune_epoch_rate(replace_train(study, {"epochs": 1}))  # warm cache
     ours = leukotune_epoch_rate(study)
     bare = bare_epoch_rate(study, args.epochs)
     report = {"leukotune_samples_per_s": ours, "bare_samples_per_s": bare, "ratio": ours / bare}

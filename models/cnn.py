@@ -25,12 +25,18 @@ def _conv_block(in_ch: int, out_ch: int, kernel_size: int, batch_norm: bool) -> 
     return nn.Sequential(*layers)
 
 
+def max_conv_layers(image_size: int) -> int:
+    """The deepest CNN whose last pooled feature map is still at least MIN_FEATURE_MAP wide at this image size."""
+    depth = 0
+    while image_size // 2 ** (depth + 1) >= MIN_FEATURE_MAP:
+        depth += 1
+    return depth
+
+
 def _check_depth(image_size: int, conv_layers: int) -> int:
     """Side of the last feature map; refuses a depth that pools it below MIN_FEATURE_MAP."""
-    side = image_size
-    for _ in range(conv_layers):
-        side //= 2  # MaxPool2d(2) floors odd sides
-    if side < MIN_FEATURE_MAP:
+    side = image_size // 2**conv_layers  # MaxPool2d(2) floors odd sides; repeated floor halving is one floor
+    if conv_layers > max_conv_layers(image_size):
         raise ValueError(
             f"cnn: image_size={image_size} with conv_layers={conv_layers} pools the feature map to "
             f"{side}x{side}, below {MIN_FEATURE_MAP}x{MIN_FEATURE_MAP}; use fewer conv_layers or a larger image_size"

@@ -47,15 +47,14 @@ class UnknownModelError(KeyError):
 class ModelSpec:
     """Facts a model owns about its input, so ``data/`` and the tuner ask instead of guessing.
 
-    ``allowed_image_sizes=None`` means any size from MIN_IMAGE_SIZE to MAX_IMAGE_SIZE (a builder may still
-    refuse a size that does not fit its other arguments, e.g. a CNN too deep for it). ``mean=None`` means
+    Any image size from MIN_IMAGE_SIZE to MAX_IMAGE_SIZE is accepted here (a builder may still refuse a size that
+    does not fit its other arguments, e.g. a CNN too deep for it). ``mean=None`` means
     "normalise with the train split's own statistics" (a from-scratch network has no pretraining to match).
     ``takes`` is the set of keyword arguments the builder accepts.
     """
 
     name: str
     default_image_size: int
-    allowed_image_sizes: tuple[int, ...] | None
     mean: tuple[float, ...] | None
     std: tuple[float, ...] | None
     takes: frozenset[str]
@@ -87,7 +86,6 @@ _MODELS: dict[str, _Entry] = {}
 def register_model(
     name: str,
     *,
-    allowed_image_sizes: tuple[int, ...] | None = None,
     mean: tuple[float, ...] | None = None,
     std: tuple[float, ...] | None = None,
 ) -> Callable[[Builder], Builder]:
@@ -109,7 +107,6 @@ def register_model(
         spec = ModelSpec(
             name=name,
             default_image_size=int(defaults["image_size"]),
-            allowed_image_sizes=allowed_image_sizes,
             mean=mean,
             std=std,
             takes=frozenset(defaults),
@@ -163,10 +160,7 @@ def validate_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:
     spec = get_model_spec(name)
     _check_keys(spec, kwargs)
     image_size = kwargs.get("image_size", spec.default_image_size)
-    if spec.allowed_image_sizes is not None:
-        check_choice("image_size", image_size, spec.allowed_image_sizes)
-    else:
-        check_range("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
+    check_range("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     dry_kwargs = dict(kwargs)
     if "weights" in dry_kwargs:
         weights = dry_kwargs.pop("weights")

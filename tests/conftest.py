@@ -20,7 +20,7 @@ def cnmc_sample() -> Path:
 @pytest.fixture(scope="session")
 def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """A small synthetic C-NMC tree (6 subjects x 4 cells, real 450x450 BMPs), written once per test session."""
-    from data import write_synthetic_dataset
+    from leukotune.data import write_synthetic_dataset
 
     root = tmp_path_factory.mktemp("synthetic_cnmc")
     write_synthetic_dataset(root, subjects=6, cells_per_subject=4, seed=0)

@@ -15,7 +15,7 @@ from pathlib import Path
 
 class StudyProcess:
     def __init__(self, args: list[str], cwd: Path, env: dict[str, str]):
-        self.process = subprocess.Popen([sys.executable, "-m", "tuner.cli", *args], cwd=cwd, env=env,
+        self.process = subprocess.Popen([sys.executable, "-m", "leukotune.tuner.cli", *args], cwd=cwd, env=env,
                                         stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
                                         start_new_session=True)
         self.lines: list[str] = []

@@ -96,7 +96,7 @@ def test_kuberay_rayjob_runs_leukotune_tune():
 # ---------------------------------------------------------------- `leukotune mlflow-server` (the command it runs)
 
 def test_mlflow_server_defaults_to_loopback_sqlite_and_served_artifacts(tmp_path):
-    from tuner.server import plan_server
+    from leukotune.tuner.cluster.mlflow_server import plan_server
 
     plan = plan_server(root=tmp_path / "server")
     cmd = plan.command
@@ -108,7 +108,7 @@ def test_mlflow_server_defaults_to_loopback_sqlite_and_served_artifacts(tmp_path
 
 
 def test_mlflow_server_expose_binds_all_interfaces_and_warns(tmp_path):
-    from tuner.server import plan_server
+    from leukotune.tuner.cluster.mlflow_server import plan_server
 
     plan = plan_server(expose=True, root=tmp_path)
     assert plan.command[plan.command.index("--host") + 1] == "0.0.0.0"
@@ -118,7 +118,7 @@ def test_mlflow_server_expose_binds_all_interfaces_and_warns(tmp_path):
 def test_mlflow_server_auth_uses_basic_auth_and_needs_the_admin_password(tmp_path, monkeypatch):
     import importlib.util
 
-    from tuner.server import ServerError, plan_server
+    from leukotune.tuner.cluster.mlflow_server import ServerError, plan_server
 
     for name in ("MLFLOW_AUTH_CONFIG_PATH", "MLFLOW_AUTH_ADMIN_PASSWORD", "MLFLOW_FLASK_SERVER_SECRET_KEY"):
         monkeypatch.delenv(name, raising=False)
@@ -143,7 +143,7 @@ def test_mlflow_server_auth_uses_basic_auth_and_needs_the_admin_password(tmp_pat
 
 
 def test_mlflow_server_redacts_database_passwords(tmp_path):
-    from tuner.server import describe, plan_server
+    from leukotune.tuner.cluster.mlflow_server import describe, plan_server
 
     plan = plan_server(backend_store_uri="postgresql://mlflow:hunter2@db:5432/mlflow",
                        artifacts_destination=str(tmp_path / "art"), root=tmp_path / "unused")

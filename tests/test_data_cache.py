@@ -9,9 +9,9 @@ import numpy as np
 import pytest
 from PIL import Image
 
-import data.images
-from data import DatasetError, load_cached_images, load_manifest
-from data.cache import cache_key, default_cache_dir
+import leukotune.data.images
+from leukotune.data import DatasetError, load_cached_images, load_manifest
+from leukotune.data.cache import cache_key, default_cache_dir
 
 CELLS = ["all/UID_1_1_1_all.bmp", "all/UID_2_1_1_all.bmp", "all/UID_3_1_1_all.bmp",
          "hem/UID_H1_1_1_hem.bmp", "hem/UID_H2_1_1_hem.bmp"]
@@ -31,13 +31,13 @@ def dataset(tmp_path: Path) -> Path:
 def decodes(monkeypatch: pytest.MonkeyPatch) -> list[str]:
     """Paths passed to read_image, in order (the cache looks it up on the module at call time)."""
     calls: list[str] = []
-    real = data.images.read_image
+    real = leukotune.data.images.read_image
 
     def counting(path, size, color):
         calls.append(str(path))
         return real(path, size, color)
 
-    monkeypatch.setattr(data.images, "read_image", counting)
+    monkeypatch.setattr(leukotune.data.images, "read_image", counting)
     return calls
 
 
@@ -110,7 +110,7 @@ def test_stale_partial_files_are_never_used(dataset: Path, tmp_path: Path, decod
 
 def test_killed_build_leaves_nothing_reusable(dataset: Path, tmp_path: Path,
                                               monkeypatch: pytest.MonkeyPatch) -> None:
-    real = data.images.read_image
+    real = leukotune.data.images.read_image
     calls = []
 
     def dying(path, size, color):
@@ -119,11 +119,11 @@ def test_killed_build_leaves_nothing_reusable(dataset: Path, tmp_path: Path,
             raise KeyboardInterrupt  # the worker is killed mid-build
         return real(path, size, color)
 
-    monkeypatch.setattr(data.images, "read_image", dying)
+    monkeypatch.setattr(leukotune.data.images, "read_image", dying)
     with pytest.raises(KeyboardInterrupt):
         _load(dataset, tmp_path / "cache")
     assert sorted(p.suffix for p in (tmp_path / "cache" / "decoded").iterdir()) == [".lock"]
-    monkeypatch.setattr(data.images, "read_image", real)
+    monkeypatch.setattr(leukotune.data.images, "read_image", real)
     assert _load(dataset, tmp_path / "cache").images.shape == (5, 3, 16, 16)
 
 

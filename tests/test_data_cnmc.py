@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 from PIL import Image
 
-from data import DatasetError, check_dataset, format_report, load_manifest, parse_cell_name
+from leukotune.data import DatasetError, check_dataset, format_report, load_manifest, parse_cell_name
 
 NAME_CASES = [
     ("UID_13_10_1_all.bmp", "13", 1),

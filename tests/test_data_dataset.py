@@ -6,7 +6,7 @@ import pytest
 import torch
 from torch.utils.data import DataLoader
 
-from data import CellDataset, augmentation_factor, channel_stats
+from leukotune.data import CellDataset, augmentation_factor, channel_stats
 
 MEAN, STD = (0.2, 0.3, 0.4), (0.1, 0.2, 0.25)
 
@@ -126,7 +126,7 @@ def test_rejects_bad_arguments(images: np.ndarray) -> None:
 
 
 def test_collate_batch_skips_the_restack(images: np.ndarray) -> None:
-    from data import collate_batch
+    from leukotune.data import collate_batch
 
     dataset = CellDataset(images, LABELS, np.arange(10), MEAN, STD)
     fast = list(DataLoader(dataset, batch_size=4, collate_fn=collate_batch))

@@ -11,8 +11,8 @@ import numpy as np
 import pytest
 from PIL import Image, ImageFile
 
-from data import ImageError, probe_image, read_image
-from data.images import MAX_PIXELS
+from leukotune.data import ImageError, probe_image, read_image
+from leukotune.data.images import MAX_PIXELS
 
 
 def _png_header(path: Path, width: int, height: int) -> Path:

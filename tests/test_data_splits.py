@@ -8,7 +8,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from data import CellRecord, DatasetError, load_manifest, prepare_data, split_records
+from leukotune.data import CellRecord, DatasetError, load_manifest, prepare_data, split_records
 
 
 def _cohort(subject_sizes: dict[str, int], folds: int = 1) -> list[CellRecord]:

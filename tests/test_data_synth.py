@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from data import load_manifest, parse_cell_name, write_synthetic_dataset
+from leukotune.data import load_manifest, parse_cell_name, write_synthetic_dataset
 
 
 def _bmps(root: Path) -> list[Path]:

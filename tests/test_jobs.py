@@ -7,9 +7,9 @@ import sys
 from pathlib import Path
 
 import pytest
-
 from e2e.servers import free_port, ray_env, start_ray_head, write_token
-from tuner import jobs
+
+from leukotune.tuner.cluster import jobs
 
 LEUKOTUNE = str(Path(sys.executable).parent / "leukotune")
 

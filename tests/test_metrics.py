@@ -4,7 +4,7 @@ import math
 import numpy as np
 import pytest
 
-from tuner.metrics import classification_metrics, confusion_matrix, roc_auc
+from leukotune.tuner.metrics import classification_metrics, confusion_matrix, roc_auc
 
 
 def test_confusion_matrix_rows_true_columns_predicted():

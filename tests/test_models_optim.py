@@ -5,7 +5,7 @@ import pytest
 import torch
 from torch import nn
 
-from models import UnknownOptimizerError, build_optimizer, get_model, list_optimizers
+from leukotune.models import UnknownOptimizerError, build_optimizer, get_model, list_optimizers
 
 OPTIMIZERS = list_optimizers()
 

@@ -8,7 +8,7 @@ import torch
 import torchvision
 from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights
 
-from models import UnknownModelError, WeightsFileError, WeightsNotFoundError, get_model, resolve_weights_path
+from leukotune.models import UnknownModelError, WeightsFileError, WeightsNotFoundError, get_model, resolve_weights_path
 
 # File names as torchvision (and torch.hub) spell them, read here independently of models/weights.py.
 FILE_NAMES = {

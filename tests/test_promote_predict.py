@@ -10,12 +10,12 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
-from models import get_model
-from tuner import predict as predict_mod
-from tuner.artifacts import log_pytorch_model
-from tuner.cli import main
-from tuner.promote import Candidate, rank, threshold_problem
-from tuner.tracking import PARENT_TAG, TAG_FINGERPRINT, TAG_KIND, TAG_MODEL_URI, Tracker
+from leukotune.models import get_model
+from leukotune.tuner.cli.main import main
+from leukotune.tuner.registry import predict as predict_mod
+from leukotune.tuner.registry.promote import Candidate, rank, threshold_problem
+from leukotune.tuner.tracking.artifacts import log_pytorch_model
+from leukotune.tuner.tracking.client import PARENT_TAG, TAG_FINGERPRINT, TAG_KIND, TAG_MODEL_URI, Tracker
 
 EXPERIMENT = "promote-test"
 FINGERPRINT = "data-fp-1234"

@@ -6,7 +6,7 @@ import socket
 import pytest
 from mlflow.exceptions import MlflowException
 
-from tuner.tracking import Tracker, TrackingUnavailable, check_reachable, redact, with_retries
+from leukotune.tuner.tracking.client import Tracker, TrackingUnavailable, check_reachable, redact, with_retries
 
 
 @pytest.mark.parametrize("text, expected", [

@@ -9,10 +9,16 @@ from pathlib import Path
 import pytest
 import torch
 
-from tuner.config import load_study
-from tuner.sessions import LocalSession
-from tuner.trial import (BEST_FILE, STATE_FILE, CheckpointError, read_checkpoint_file, run_training,
-                         write_checkpoint)
+from leukotune.tuner.config import load_study
+from leukotune.tuner.train.checkpoints import (
+    BEST_FILE,
+    STATE_FILE,
+    CheckpointError,
+    read_checkpoint_file,
+    write_checkpoint,
+)
+from leukotune.tuner.train.loop import run_training
+from leukotune.tuner.train.sessions import LocalSession
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
 SMOKE = REPO_ROOT / "studies" / "smoke.yaml"
@@ -86,7 +92,7 @@ def test_leukotune_train_runs_through_ray_train(tmp_path):
     env = {**os.environ, "LEUKOTUNE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO_ROOT)}
     env.pop("RAY_ADDRESS", None)
     result = subprocess.run(
-        [sys.executable, "-m", "tuner.cli", "train", "--config", str(SMOKE), "--set", "train.epochs=2",
+        [sys.executable, "-m", "leukotune.tuner.cli", "train", "--config", str(SMOKE), "--set", "train.epochs=2",
          "--set", "data.synthetic.subjects=8", "--set", "data.synthetic.cells_per_subject=10",
          "--set", f"storage_path={tmp_path / 'runs'}"],
         cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)

@@ -21,7 +21,7 @@ TINY = ["data.synthetic.subjects=8", "data.synthetic.cells_per_subject=12", "tra
 
 
 def run_cli(args: list[str], workdir: Path, env: dict[str, str], timeout: int = 420) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "tuner.cli", *args], cwd=workdir, env=env, capture_output=True,
+    return subprocess.run([sys.executable, "-m", "leukotune.tuner.cli", *args], cwd=workdir, env=env, capture_output=True,
                           text=True, timeout=timeout)
 
 

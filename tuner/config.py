@@ -1,146 +1,187 @@
-"""Typed study configuration: YAML defaults, `--set key=value` overrides, one resolved dict saved with every run.
+"""The one schema of a study: YAML defaults, `--set key=value` overrides, one resolved dict saved with every run.
 
-The loose dict from YAML becomes frozen dataclasses here, at the boundary, so a typo in a study file fails before
-Ray starts, with the unknown key and the accepted ones in the message.
+Every value a study may hold is typed, ranged or chosen here, with the choices taken from where they live (the
+model registry, the optimiser table, the split methods, the augmentations, the metrics the loop reports), never
+copied. A bad value is refused in one line naming the key, the value and what is allowed, before Ray starts.
 """
 from __future__ import annotations
 
-import dataclasses
 import json
-from dataclasses import dataclass, field, fields
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, Literal
 
 import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
+
+from leukotune.data import AUGMENTATIONS, SPLIT_METHODS
+from leukotune.models import (
+    MAX_IMAGE_SIZE,
+    MIN_IMAGE_SIZE,
+    get_model_spec,
+    list_models,
+    list_optimizers,
+    validate_model_kwargs,
+)
+from leukotune.tuner.metrics import reported_metric_names
 
 
 class ConfigError(ValueError):
     """A study file or override that cannot be used; the message names the key and what is allowed."""
 
 
-@dataclass(frozen=True)
-class SynthConfig:
+def _one_of(value: Any, allowed: list[str] | tuple[str, ...]) -> Any:
+    if value not in allowed:
+        raise ValueError(f"choose one of {', '.join(map(str, allowed))}")
+    return value
+
+
+class _Section(BaseModel):
+    # Frozen: a resolved config is a value, passed to workers and saved with runs; `extra="forbid"` refuses typos.
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+
+    def to_dict(self) -> dict[str, Any]:
+        return self.model_dump(mode="json")
+
+
+class SynthConfig(_Section):
     """Synthetic stand-in for C-NMC, used when `data.path` is empty."""
 
-    subjects: int = 12
-    cells_per_subject: int = 30
+    subjects: int = Field(12, ge=4, le=10_000)
+    cells_per_subject: int = Field(30, ge=1, le=100_000)
     seed: int = 0
 
 
-@dataclass(frozen=True)
-class DataConfig:
+class DataConfig(_Section):
     path: str | None = None
-    synthetic: SynthConfig = field(default_factory=SynthConfig)
+    synthetic: SynthConfig = Field(default_factory=SynthConfig)
     # subject-disjoint by default: cells of one patient must not sit on both sides of the split.
     split: str = "subject"
-    val_fraction: float = 0.2
+    val_fraction: float = Field(0.2, ge=0.01, le=0.99)
     val_fold: str | None = None
     seed: int = 0
     cache_dir: str | None = None
 
+    _split = field_validator("split")(lambda v: _one_of(v, SPLIT_METHODS))
 
-@dataclass(frozen=True)
-class TrainConfig:
+
+class TrainConfig(_Section):
     """Everything one training run needs besides data: the knobs Tune searches live here too."""
 
     model: str = "cnn"
-    conv_layers: int = 5
-    kernel_size: int = 3
-    base_filters: int = 16
-    dropout: float = 0.2
-    dense: int = 128
+    conv_layers: int = Field(5, ge=1, le=12)
+    kernel_size: int = Field(3, ge=1, le=15)
+    base_filters: int = Field(16, ge=1, le=1024)
+    dropout: float = Field(0.2, ge=0.0, le=0.95)
+    dense: int = Field(128, ge=1, le=65_536)
     weights: str | None = None
-    unfreeze: int = 0
+    unfreeze: int = Field(0, ge=0, le=1000)
     optimizer: str = "rmsprop"
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    batch_size: int = 32
-    epochs: int = 10
-    image_size: int = 256
-    color: str = "rgb"
+    lr: float = Field(1e-4, ge=1e-7, le=10.0)
+    weight_decay: float = Field(0.0, ge=0.0, le=1.0)
+    batch_size: int = Field(32, ge=1, le=4096)
+    epochs: int = Field(10, ge=1, le=10_000)
+    image_size: int = Field(256, ge=MIN_IMAGE_SIZE, le=MAX_IMAGE_SIZE)
+    color: Literal["rgb", "gray"] = "rgb"
     augment: str = "rot90"
-    augment_mode: str = "online"
+    augment_mode: Literal["online", "materialize"] = "online"
     class_weights: bool = False
-    seed: int = 0
+    seed: int = Field(0, ge=0)
     # Stop when the loss is not finite: a diverged trial wastes the rest of its budget.
     stop_on_nan: bool = True
 
+    _model = field_validator("model")(lambda v: _one_of(v, list_models()))
+    _optimizer = field_validator("optimizer")(lambda v: _one_of(v, list_optimizers()))
+    _augment = field_validator("augment")(lambda v: _one_of(v, tuple(AUGMENTATIONS)))
 
-@dataclass(frozen=True)
-class ResourcesConfig:
-    workers: int = 1
-    cpus_per_worker: int = 1
-    use_gpu: str = "auto"  # auto | true | false
+    @model_validator(mode="after")
+    def _builder_accepts(self) -> "TrainConfig":
+        # The builder is the one place that knows which combinations work (e.g. a CNN too deep for its image).
+        validate_model_kwargs(self.model, model_kwargs(self))
+        return self
+
+
+class ResourcesConfig(_Section):
+    workers: int = Field(1, ge=1, le=1024)
+    cpus_per_worker: int = Field(1, ge=1, le=512)
+    use_gpu: Literal["auto", "true", "false"] = "auto"
     # inline: the loop runs in the Tune trial actor (no per-trial Train controller, ~0 s start-up);
     # ray_train: a TorchTrainer per trial (DDP over `workers`); auto picks ray_train only when workers > 1.
-    trial_runtime: str = "auto"
-    max_failures: int = 2
+    trial_runtime: Literal["auto", "inline", "ray_train"] = "auto"
+    max_failures: int = Field(2, ge=0, le=1000)
+
+    @field_validator("use_gpu", mode="before")
+    @classmethod
+    def _bool_as_text(cls, value: Any) -> Any:
+        # YAML reads `use_gpu: true` as a boolean; both spellings mean the same setting.
+        return str(value).lower() if isinstance(value, bool) else value
 
 
-@dataclass(frozen=True)
-class SearchConfig:
-    num_samples: int = 8
-    max_concurrent: int = 0  # 0: as many as the cluster's resources allow
-    search: str = "optuna"  # optuna (TPE) | random
-    scheduler: str = "asha"  # asha | fifo
-    grace_period: int = 1
-    reduction_factor: int = 2
+SpaceEntry = dict[str, Any]
+
+
+class SearchConfig(_Section):
+    num_samples: int = Field(8, ge=1, le=100_000)
+    max_concurrent: int = Field(0, ge=0, le=10_000)  # 0: as many as the cluster's resources allow
+    search: Literal["optuna", "random"] = "optuna"  # optuna (TPE) | random
+    scheduler: Literal["asha", "fifo"] = "asha"
+    grace_period: int = Field(1, ge=1, le=10_000)
+    reduction_factor: int = Field(2, ge=2, le=100)
     metric: str = "val_f1_weighted"
-    mode: str = "max"
+    mode: Literal["max", "min"] = "max"
     seed: int = 0
-    space: dict[str, Any] = field(default_factory=dict)
-    points_to_evaluate: list[dict[str, Any]] = field(default_factory=list)
+    space: dict[str, SpaceEntry] = {}
+    points_to_evaluate: list[dict[str, Any]] = []
+
+    _metric = field_validator("metric")(lambda v: _one_of(v, reported_metric_names()))
 
 
-@dataclass(frozen=True)
-class TrackingConfig:
-    experiment: str = "leukotune"
+class TrackingConfig(_Section):
+    experiment: Annotated[str, Field(min_length=1)] = "leukotune"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else SQLite under the working directory
     log_models: bool = True
 
 
-@dataclass(frozen=True)
-class StudyConfig:
-    name: str = "study"
+class StudyConfig(_Section):
+    name: Annotated[str, Field(min_length=1, pattern=r"^[A-Za-z0-9][A-Za-z0-9_.-]*$")] = "study"
     storage_path: str = ".leukotune/runs"
-    data: DataConfig = field(default_factory=DataConfig)
-    train: TrainConfig = field(default_factory=TrainConfig)
-    resources: ResourcesConfig = field(default_factory=ResourcesConfig)
-    tune: SearchConfig = field(default_factory=SearchConfig)
-    tracking: TrackingConfig = field(default_factory=TrackingConfig)
-
-    def to_dict(self) -> dict[str, Any]:
-        return dataclasses.asdict(self)
+    data: DataConfig = Field(default_factory=DataConfig)
+    train: TrainConfig = Field(default_factory=TrainConfig)
+    resources: ResourcesConfig = Field(default_factory=ResourcesConfig)
+    tune: SearchConfig = Field(default_factory=SearchConfig)
+    tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
 
-def from_dict(cls: type, values: dict[str, Any] | None, where: str = "") -> Any:
-    """Build dataclass `cls` from a dict, recursing into nested dataclasses and refusing unknown keys."""
-    values = dict(values or {})
-    known = {f.name: f for f in fields(cls)}
-    unknown = sorted(set(values) - set(known))
-    if unknown:
-        prefix = f"{where}." if where else ""
-        raise ConfigError(
-            f"Unknown config key(s) {', '.join(prefix + k for k in unknown)}; "
-            f"accepted under '{where or '<top>'}': {', '.join(sorted(known))}"
-        )
-    kwargs = {}
-    for name, value in values.items():
-        nested = _dataclass_type(known[name])
-        path = f"{where}.{name}" if where else name
-        if nested and isinstance(value, dict):
-            value = from_dict(nested, value, path)
-        elif known[name].type == "float" and isinstance(value, str):
-            value = _parse_value(value)  # `lr: 1e-4` in YAML 1.1 arrives as a string
-        kwargs[name] = value
-    return cls(**kwargs)
+def build_study(values: dict[str, Any] | None) -> StudyConfig:
+    """A typed study from a loose dict (a YAML file, a saved config, a worker's payload); ConfigError if bad."""
+    try:
+        return StudyConfig.model_validate(values or {})
+    except ValidationError as exc:
+        raise ConfigError(_one_line(exc)) from None
 
 
-def _dataclass_type(f: dataclasses.Field) -> type | None:
-    default = f.default_factory if f.default_factory is not dataclasses.MISSING else None
-    if default is not None and dataclasses.is_dataclass(default):
-        return default
-    return None
+def _one_line(exc: ValidationError) -> str:
+    """The first problem as `key=value: what is allowed`, plus a count of any others."""
+    errors = exc.errors(include_url=False)
+    first = errors[0]
+    key = ".".join(str(part) for part in first["loc"]) or "<top>"
+    message = first["msg"].removeprefix("Value error, ")
+    if first["type"] == "extra_forbidden":
+        section = ".".join(str(part) for part in first["loc"][:-1])
+        text = f"unknown config key {key}; accepted under '{section or '<top>'}': {_accepted(first['loc'][:-1])}"
+    else:
+        text = f"{key}={first.get('input')!r} is not allowed: {message}"
+    more = len(errors) - 1
+    return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+def _accepted(section: tuple) -> str:
+    model: type[BaseModel] = StudyConfig
+    for part in section:
+        annotation = model.model_fields[str(part)].annotation
+        if not (isinstance(annotation, type) and issubclass(annotation, BaseModel)):
+            return "?"
+        model = annotation
+    return ", ".join(model.model_fields)
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -154,7 +195,10 @@ def parse_override(text: str) -> tuple[list[str], Any]:
 def _parse_value(raw: str) -> Any:
     if raw == "":
         return None
-    value = yaml.safe_load(raw)
+    try:
+        value = yaml.safe_load(raw)
+    except yaml.YAMLError:
+        return raw
     if isinstance(value, str):
         try:  # YAML 1.1 reads `3e-4` as a string; users mean the number
             return float(value)
@@ -178,7 +222,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
 
 
 def load_study(path: str | Path | None, overrides: list[str] = (), data_path: str | None = None) -> StudyConfig:
-    """Read a study YAML (or defaults), apply overrides, validate types and ranges."""
+    """Read a study YAML (or defaults), apply overrides, validate every value."""
     raw: dict[str, Any] = {}
     if path is not None:
         path = Path(path)
@@ -187,92 +231,17 @@ def load_study(path: str | Path | None, overrides: list[str] = (), data_path: st
         try:
             raw = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a study file must be a mapping of sections, got {type(raw).__name__}")
     raw = apply_overrides(raw, list(overrides))
     if data_path is not None:
         raw.setdefault("data", {})["path"] = data_path
-    study = from_dict(StudyConfig, raw)
-    validate_study(study)
-    return study
-
-
-_CHOICES = {
-    "data.split": ("subject", "image", "fold"),
-    "train.color": ("rgb", "gray"),
-    "train.augment": ("none", "rot90", "rot90_flip"),
-    "train.augment_mode": ("online", "materialize"),
-    "train.image_size": (64, 128, 224, 256),
-    "resources.use_gpu": ("auto", "true", "false"),
-    "resources.trial_runtime": ("auto", "inline", "ray_train"),
-    "tune.search": ("optuna", "random"),
-    "tune.scheduler": ("asha", "fifo"),
-    "tune.mode": ("max", "min"),
-}
-
-_RANGES = {
-    "data.val_fraction": (0.01, 0.99),
-    "train.lr": (1e-7, 10.0),
-    "train.dropout": (0.0, 0.95),
-    "train.batch_size": (1, 4096),
-    "train.epochs": (1, 10_000),
-    "resources.workers": (1, 1024),
-    "resources.cpus_per_worker": (1, 512),
-    "tune.num_samples": (1, 100_000),
-    "tune.max_concurrent": (0, 10_000),
-    "tune.grace_period": (1, 10_000),
-    "tune.reduction_factor": (2, 100),
-}
-
-
-def _get(study: StudyConfig, dotted: str) -> Any:
-    node: Any = study
-    for part in dotted.split("."):
-        node = getattr(node, part)
-    return node
-
-
-def validate_study(study: StudyConfig) -> None:
-    """Refuse out-of-range values and unknown names before anything starts; messages name key and allowed values."""
-    for key, allowed in _CHOICES.items():
-        value = _get(study, key)
-        if str(value).lower() not in {str(a) for a in allowed}:
-            raise ConfigError(f"{key}={value!r} is not allowed; choose one of {', '.join(map(str, allowed))}")
-    for key, (low, high) in _RANGES.items():
-        value = _get(study, key)
-        if not isinstance(value, (int, float)) or isinstance(value, bool) or not low <= value <= high:
-            raise ConfigError(f"{key}={value!r} is out of range; allowed {low} to {high}")
-    _validate_names(study)
-
-
-def _validate_names(study: StudyConfig) -> None:
-    # Imported here: models/ is heavy (torchvision) and the config module should load in milliseconds.
-    from models import get_model_spec, list_models, list_optimizers, validate_model_kwargs
-
-    train = study.train
-    if train.model not in list_models():
-        raise ConfigError(f"train.model={train.model!r} is unknown; choose one of {', '.join(list_models())}")
-    if train.optimizer not in list_optimizers():
-        raise ConfigError(
-            f"train.optimizer={train.optimizer!r} is unknown; choose one of {', '.join(list_optimizers())}"
-        )
-    try:
-        validate_model_kwargs(train.model, model_kwargs(train))
-    except ValueError as exc:
-        raise ConfigError(f"train: {exc}") from exc
-    spec = get_model_spec(train.model)
-    if spec.allowed_image_sizes and train.image_size not in spec.allowed_image_sizes:
-        raise ConfigError(
-            f"train.image_size={train.image_size} cannot feed {train.model}; "
-            f"allowed: {', '.join(map(str, spec.allowed_image_sizes))}"
-        )
+    return build_study(raw)
 
 
 def model_kwargs(train: TrainConfig) -> dict[str, Any]:
     """The builder kwargs for `train.model`, taken from the flat train section (saved in every checkpoint)."""
-    from models import get_model_spec
-
     spec = get_model_spec(train.model)
     candidates = {
         "conv_layers": train.conv_layers,
@@ -288,9 +257,14 @@ def model_kwargs(train: TrainConfig) -> dict[str, Any]:
     return {k: v for k, v in candidates.items() if k in spec.takes}
 
 
+def train_keys() -> set[str]:
+    """The settings a search space may sample."""
+    return set(TrainConfig.model_fields)
+
+
 def replace_train(study: StudyConfig, params: dict[str, Any]) -> StudyConfig:
-    """A copy of the study whose train section has `params` (a Tune trial's sample) applied."""
-    unknown = sorted(set(params) - {f.name for f in fields(TrainConfig)})
+    """A copy of the study whose train section has `params` (a Tune trial's sample) applied, validated."""
+    unknown = sorted(set(params) - train_keys())
     if unknown:
         raise ConfigError(f"search space names unknown train keys: {', '.join(unknown)}")
-    return dataclasses.replace(study, train=dataclasses.replace(study.train, **params))
+    return build_study({**study.to_dict(), "train": {**study.train.to_dict(), **params}})

@@ -1,12 +1,20 @@
-"""Validation metrics for the two-class problem (hem=0, ALL=1), computed from labels and P(ALL).
+"""Classification metrics for the two-class problem (hem=0, ALL=1), computed from labels and P(ALL); the names
+the training loop reports; and which of two values of a metric is better.
 
 Plain numpy so the numbers can be checked by hand against a confusion matrix.
 """
 from __future__ import annotations
 
+import math
+from typing import Any
+
 import numpy as np
 
-CLASS_NAMES = ("hem", "all")
+from leukotune.data import CLASS_NAMES
+
+# Per-epoch values the training loop reports besides `val_<classification metric>`.
+LOOP_METRICS = ("train_loss", "train_accuracy", "train_seconds", "train_samples_per_second", "val_loss",
+                "val_seconds")
 
 
 def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 2) -> np.ndarray:
@@ -69,3 +77,27 @@ def confusion_from_metrics(metrics: dict[str, float], prefix: str = "val_") -> n
         for j, pred_name in enumerate(CLASS_NAMES):
             cm[i, j] = int(metrics.get(f"{prefix}cm_true_{true_name}_pred_{pred_name}", 0))
     return cm
+
+
+def reported_metric_names() -> list[str]:
+    """Every per-epoch metric the training loop reports: what `tune.metric` may name."""
+    example = classification_metrics(np.array([0, 1]), np.array([0.2, 0.8]))
+    return sorted({*LOOP_METRICS, *(f"val_{name}" for name in example)})
+
+
+def is_better(value: Any, best: Any, mode: str) -> bool:
+    """Does `value` beat `best` under `mode` (max or min)? A missing or NaN value never does."""
+    if not _is_number(value):
+        return False
+    return not _is_number(best) or (value > best if mode == "max" else value < best)
+
+
+def ranking_key(value: Any, mode: str) -> tuple[bool, float]:
+    """Sort key that puts the best value first under `mode` and missing or NaN values last."""
+    if not _is_number(value):
+        return (True, 0.0)
+    return (False, -float(value) if mode == "max" else float(value))
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and not math.isnan(value)

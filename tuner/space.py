@@ -7,8 +7,11 @@ optionally with `when: {other_key: value or [values]}` for conditional parameter
 """
 from __future__ import annotations
 
-import math
 from typing import Any, Callable
+
+import optuna
+
+from leukotune.models.cnn import max_conv_layers
 
 # The knobs the paper explored by hand, wider where it fixed one value. Study files may narrow or replace it.
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
@@ -24,11 +27,6 @@ DEFAULT_SPACE: dict[str, dict[str, Any]] = {
     "augment": {"choice": ["none", "rot90", "rot90_flip"]},
 }
 
-# The published configuration (94.37% at 256 px): evaluated first so the study starts from the known answer.
-PAPER_POINT: dict[str, Any] = {
-    "model": "cnn", "image_size": 256, "color": "rgb", "conv_layers": 5, "kernel_size": 3,
-    "optimizer": "rmsprop", "lr": 1e-4, "batch_size": 32, "dropout": 0.2, "augment": "rot90",
-}
 
 DISTRIBUTIONS = ("choice", "uniform", "loguniform", "int")
 
@@ -77,15 +75,11 @@ def _applies(spec: dict[str, Any], params: dict[str, Any]) -> bool:
     return True
 
 
-def max_conv_layers(params: dict[str, Any]) -> int:
-    """The deepest CNN whose pooled map stays usable at this image size (the builder refuses deeper ones)."""
-    from models.cnn import MIN_FEATURE_MAP
-
-    return int(math.log2(int(params["image_size"]) // MIN_FEATURE_MAP))
-
-
-# Upper bounds that depend on parameters sampled earlier: 6 conv layers fit 256 px but pool 64 px away.
-DEPENDENT_LIMITS: dict[str, Callable[[dict[str, Any]], int]] = {"conv_layers": max_conv_layers}
+# Upper bounds that depend on parameters sampled earlier: 6 conv layers fit 256 px but pool 64 px away. The rule
+# itself is the model's (models/cnn.py), which refuses deeper networks.
+DEPENDENT_LIMITS: dict[str, Callable[[dict[str, Any]], int]] = {
+    "conv_layers": lambda params: max_conv_layers(int(params["image_size"])),
+}
 
 
 def _suggest(trial, name: str, spec: dict[str, Any], params: dict[str, Any]) -> Any:
@@ -121,8 +115,6 @@ class DefineByRun:
 def sample_points(space: dict[str, dict[str, Any]], fixed: dict[str, Any], count: int, seed: int = 0
                   ) -> list[dict[str, Any]]:
     """Draw `count` random points offline, to prove before any trial that every draw makes a valid config."""
-    import optuna
-
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed))
     sampler = DefineByRun(space, fixed)
@@ -133,4 +125,3 @@ def sample_points(space: dict[str, dict[str, Any]], fixed: dict[str, Any], count
         points.append(dict(trial.params))
         study.tell(trial, 0.0)
     return points
-

@@ -1,9 +1,16 @@
 """The study's parent run: what was asked (config, space, data, code), and at the end what was found."""
 from __future__ import annotations
 
+import warnings
 from typing import Any
 
-from tuner.tracking import TAG_FINGERPRINT, TAG_KIND, TAG_STUDY, Tracker, code_version
+import matplotlib.pyplot as plt
+import optuna
+from optuna.visualization import matplotlib as ovm
+from ray.tune.search.optuna import OptunaSearch
+
+from leukotune.tuner.metrics import ranking_key
+from leukotune.tuner.tracking.client import TAG_FINGERPRINT, TAG_KIND, TAG_STUDY, Tracker, code_version
 
 
 def open_parent(tracker: Tracker, plan) -> str:
@@ -36,9 +43,11 @@ def describe(plan) -> str:
 
 def log_study_end(tracker: Tracker, run_id: str, plan, leaderboard: list[dict[str, Any]], complete: bool) -> None:
     tracker.log_json(run_id, leaderboard, "leaderboard.json")
-    values = [row["best"] for row in leaderboard if isinstance(row.get("best"), (int, float))]
+    mode = plan.study.tune.mode
+    values = sorted((row["best"] for row in leaderboard if not ranking_key(row.get("best"), mode)[0]),
+                    key=lambda value: ranking_key(value, mode))
     if values:
-        best = max(values) if plan.study.tune.mode == "max" else min(values)
+        best = values[0]
         tracker.log_metrics(run_id, {f"best_{plan.study.tune.metric}": best, "trials": len(leaderboard)}, step=0)
     if complete:
         log_optuna_plots(tracker, run_id, plan)
@@ -46,17 +55,8 @@ def log_study_end(tracker: Tracker, run_id: str, plan, leaderboard: list[dict[st
 
 def log_optuna_plots(tracker: Tracker, run_id: str, plan) -> None:
     """Optimisation history, parameter importances and parallel coordinates from the study's Optuna storage."""
-    import warnings
-
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-    import optuna
-
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     warnings.filterwarnings("ignore", message="Target and region quantiles")
-    from optuna.visualization import matplotlib as ovm
 
     study = load_optuna_study(plan.directory)
     completed = [t for t in study.trials if t.state == optuna.trial.TrialState.COMPLETE]
@@ -76,8 +76,6 @@ def log_optuna_plots(tracker: Tracker, run_id: str, plan) -> None:
 
 def load_optuna_study(experiment_dir):
     """The Optuna study as Tune last checkpointed it with the searcher (written at the end of every study)."""
-    from ray.tune.search.optuna import OptunaSearch
-
     searcher = OptunaSearch()
     searcher.restore_from_dir(str(experiment_dir))
     return searcher._ot_study  # OptunaSearch keeps the study private; this is its only handle

@@ -6,6 +6,7 @@ nodes log over HTTP instead of needing the server's disk or cloud credentials.
 """
 from __future__ import annotations
 
+import importlib.util
 import ipaddress
 import os
 import secrets
@@ -14,7 +15,7 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-from tuner.tracking import redact
+from leukotune.tuner.tracking.client import redact
 
 LOOPBACK = "127.0.0.1"
 EXPOSED = "0.0.0.0"
@@ -81,8 +82,6 @@ def write_auth_config(root: Path) -> Path:
 
 def auth_env(root: Path, env: dict[str, str]) -> dict[str, str]:
     """What MLflow's basic-auth app needs beyond the flag: its extra, a config, an admin password, a CSRF secret."""
-    import importlib.util
-
     if importlib.util.find_spec("flask_wtf") is None:
         raise ServerError("--auth needs MLflow's auth extra (Flask-WTF): pip install 'mlflow[auth]'")
     extra: dict[str, str] = {}

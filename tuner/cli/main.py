@@ -8,7 +8,7 @@ import time
 from pathlib import Path
 from typing import Any, Callable
 
-EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE = 0, 1, 2
+from leukotune.tuner.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 
 def _study_args(parser: argparse.ArgumentParser) -> None:
@@ -44,14 +44,14 @@ def build_parser() -> argparse.ArgumentParser:
     tune.add_argument("--resume", action="store_true", help="continue the newest unfinished study of this name")
     tune.set_defaults(handler=cmd_tune)
 
-    from tuner import cli_ops
+    from leukotune.tuner.cli import operations as cli_ops
 
     cli_ops.add_commands(commands)
     return parser
 
 
 def cmd_data_synth(args: argparse.Namespace) -> int:
-    from data import write_synthetic_dataset
+    from leukotune.data import write_synthetic_dataset
 
     summary = write_synthetic_dataset(args.out, subjects=args.subjects, cells_per_subject=args.cells_per_subject,
                                       seed=args.seed)
@@ -61,19 +61,20 @@ def cmd_data_synth(args: argparse.Namespace) -> int:
 
 
 def cmd_data_check(args: argparse.Namespace) -> int:
-    from data import check_dataset, format_report
+    from leukotune.data import check_dataset, format_report
 
     report = check_dataset(args.root)
     print(json.dumps(report.to_dict(), indent=2, default=str) if args.json else format_report(report))
-    return EXIT_OK if report.usable else EXIT_UNUSABLE
+    return EXIT_OK if report.usable else EXIT_USAGE
 
 
 def cmd_train(args: argparse.Namespace) -> int:
     import ray
 
-    from tuner.config import load_study
-    from tuner.raytrain import make_trainer
-    from tuner.study import check_storage, init_ray, summarise_data
+    from leukotune.tuner.cluster.ray_cluster import init_ray
+    from leukotune.tuner.config import load_study
+    from leukotune.tuner.preflight import check_storage, summarise_data
+    from leukotune.tuner.train.ray_train import make_trainer
 
     study = load_study(args.config, args.overrides, args.data)
     storage = Path(study.storage_path).expanduser().resolve()
@@ -99,13 +100,16 @@ def print_metrics_table(metrics: dict[str, Any], metric: str) -> None:
         if key in metrics:
             value = metrics[key]
             print(f"  {key:<24} {value:.4f}" if isinstance(value, float) else f"  {key:<24} {value}")
-    cm = [[metrics.get(f"val_cm_true_{t}_pred_{p}", 0) for p in ("hem", "all")] for t in ("hem", "all")]
-    print(f"  confusion (rows true hem/all, cols predicted hem/all): {cm}")
+    from leukotune.data import CLASS_NAMES
+
+    cm = [[metrics.get(f"val_cm_true_{t}_pred_{p}", 0) for p in CLASS_NAMES] for t in CLASS_NAMES]
+    names = "/".join(CLASS_NAMES)
+    print(f"  confusion (rows true {names}, cols predicted {names}): {cm}")
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
-    from tuner.config import load_study
-    from tuner.study import plan_study, run_study
+    from leukotune.tuner.config import load_study
+    from leukotune.tuner.tune import plan_study, run_study
 
     study = load_study(args.config, args.overrides, args.data)
     plan = plan_study(study, resume=args.resume)
@@ -141,7 +145,7 @@ def _short(value: Any) -> str:
 
 
 def print_tracking_help(outcome) -> None:
-    from tuner.tracking import redact
+    from leukotune.tuner.tracking.client import redact
 
     uri = outcome.tracking_uri
     print(f"\nMLflow: experiment {outcome.experiment_id}, parent run {outcome.parent_run_id} at {redact(uri)}")
@@ -153,7 +157,7 @@ def print_tracking_help(outcome) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from tuner.errors import friendly_errors
+    from leukotune.tuner.cli.errors import friendly_errors
 
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler

@@ -12,12 +12,19 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
+import mlflow
+import mlflow.artifacts
 import numpy as np
 import torch
 import yaml
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
 from torch import nn
 
-from tuner.config import ConfigError
+from leukotune.data.images import read_image
+from leukotune.models import get_model
+from leukotune.tuner.config import ConfigError
+from leukotune.tuner.tracking.client import check_reachable, redact
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MODEL_SCHEMES = ("models:/", "runs:/")
@@ -67,8 +74,6 @@ def check_model_uri(model_uri: str) -> None:
 def _process_tracking_uri(uri: str) -> Iterator[None]:
     # MLflow 3.17 resolves `models:/` URIs with the process-wide registry URI, ignoring the one passed to
     # download_artifacts; set both for the download and put the previous ones back.
-    import mlflow
-
     previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
@@ -80,11 +85,6 @@ def _process_tracking_uri(uri: str) -> Iterator[None]:
 
 
 def download_model(model_uri: str, tracking_uri: str, destination: Path) -> Path:
-    import mlflow.artifacts
-    from mlflow.exceptions import MlflowException
-
-    from tuner.tracking import redact
-
     try:
         with _process_tracking_uri(tracking_uri):
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination),
@@ -123,8 +123,6 @@ def state_dict_path(model_dir: Path, relative: str) -> Path:
 
 def build_network(meta: dict[str, Any], model_dir: Path) -> nn.Module:
     """Registry name + saved builder kwargs (no ImageNet download) + the state dict, read as plain tensors."""
-    from models import get_model
-
     kwargs = dict(meta["model_kwargs"])
     if "weights" in kwargs:
         kwargs["weights"] = None  # every weight is in the state dict; never look for pretrained files
@@ -136,8 +134,6 @@ def build_network(meta: dict[str, Any], model_dir: Path) -> nn.Module:
 
 def load_model(model_uri: str, tracking_uri: str) -> LoadedModel:
     """Fetch the model's files from the tracking server and rebuild it; the download is deleted afterwards."""
-    from tuner.tracking import check_reachable
-
     check_model_uri(model_uri)
     check_reachable(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="leukotune-predict-") as tmp:
@@ -152,8 +148,6 @@ def load_model(model_uri: str, tracking_uri: str) -> LoadedModel:
 
 def describe_version(model_uri: str, tracking_uri: str) -> str | None:
     """`version N (run R)` for a `models:/NAME@alias` or `models:/NAME/N` URI; None when it cannot be told."""
-    from mlflow.tracking import MlflowClient
-
     if not model_uri.startswith("models:/"):
         return None
     name_part = model_uri[len("models:/"):]
@@ -206,8 +200,6 @@ def normalise(image: np.ndarray, mean: list[float], std: list[float]) -> torch.T
 
 
 def read_input(path: Path, preprocessing: dict[str, Any]) -> torch.Tensor:
-    from data.images import read_image
-
     image = read_image(path, int(preprocessing["image_size"]), preprocessing["color"])
     return normalise(image, preprocessing["mean"], preprocessing["std"])
 

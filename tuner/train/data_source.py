@@ -4,23 +4,18 @@ from __future__ import annotations
 import fcntl
 import hashlib
 import json
-import os
 from pathlib import Path
 
-from data import write_synthetic_dataset
-from tuner.config import DataConfig
+from leukotune.data import default_cache_dir, write_synthetic_dataset
+from leukotune.tuner.config import DataConfig
 
 SYNTH_VERSION = 1
 
 
-def default_cache_dir() -> Path:
-    return Path(os.environ.get("LEUKOTUNE_CACHE_DIR", Path.home() / ".cache" / "leukotune"))
-
-
 def synthetic_root(data: DataConfig) -> Path:
-    params = json.dumps({"v": SYNTH_VERSION, **data.synthetic.__dict__}, sort_keys=True)
+    params = json.dumps({"v": SYNTH_VERSION, **data.synthetic.to_dict()}, sort_keys=True)
     key = hashlib.sha256(params.encode()).hexdigest()[:12]
-    base = Path(data.cache_dir) if data.cache_dir else default_cache_dir()
+    base = Path(data.cache_dir).expanduser() if data.cache_dir else default_cache_dir()
     return base / "synthetic" / key
 
 

@@ -4,17 +4,22 @@ from __future__ import annotations
 import sys
 from typing import Callable
 
+# The command's exit codes, in one place: 0 done, 1 the work ran but failed (or was refused on its merits, like a
+# model below the bar), 2 unusable input caught before anything started, 130 interrupted.
+EXIT_OK = 0
+EXIT_FAILED = 1
 EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
 def _user_errors() -> tuple[type[BaseException], ...]:
-    from data import DatasetError
-    from models import UnknownModelError, WeightsNotFoundError
-    from tuner.config import ConfigError
-    from tuner.jobs import ClusterError
-    from tuner.server import ServerError
-    from tuner.tracking import TrackingUnavailable
+    # Imported when a command runs, not when the parser is built: `leukotune --help` should not load Ray and MLflow.
+    from leukotune.data import DatasetError
+    from leukotune.models import UnknownModelError, WeightsNotFoundError
+    from leukotune.tuner.cluster.jobs import ClusterError
+    from leukotune.tuner.cluster.mlflow_server import ServerError
+    from leukotune.tuner.config import ConfigError
+    from leukotune.tuner.tracking.client import TrackingUnavailable
 
     return (ConfigError, DatasetError, TrackingUnavailable, WeightsNotFoundError, UnknownModelError, ClusterError,
             ServerError)

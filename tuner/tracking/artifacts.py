@@ -1,13 +1,20 @@
 """What a finished trial leaves in MLflow besides numbers: the model, a confusion matrix and learning curves."""
 from __future__ import annotations
 
+import tempfile
 from pathlib import Path
 from typing import Any
 
+import matplotlib.pyplot as plt
+import mlflow.pytorch
 import numpy as np
+import torch
+from mlflow.models import infer_signature
 
-from tuner.metrics import CLASS_NAMES, confusion_from_metrics
-from tuner.trial import BEST_FILE, STATE_FILE, read_checkpoint_file
+from leukotune.models import get_model
+from leukotune.tuner.metrics import CLASS_NAMES, confusion_from_metrics
+from leukotune.tuner.tracking.client import with_retries
+from leukotune.tuner.train.checkpoints import BEST_FILE, STATE_FILE, read_checkpoint_file
 
 # Exact pins so a served model rebuilds with the versions it was trained with; also skips pip inference (slow).
 MODEL_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "numpy", "pillow"]
@@ -23,8 +30,6 @@ def load_history(checkpoint_dir: Path) -> list[dict[str, Any]]:
 
 def rebuild_model(best: dict[str, Any]):
     """The exact network of a checkpoint: registry name + saved builder kwargs + weights (random init, no download)."""
-    from models import get_model
-
     kwargs = dict(best["model_kwargs"])
     if "weights" in kwargs:
         kwargs["weights"] = None  # the checkpoint carries every weight; never look for ImageNet files again
@@ -34,11 +39,6 @@ def rebuild_model(best: dict[str, Any]):
 
 
 def confusion_figure(cm: np.ndarray, title: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     fig, ax = plt.subplots(figsize=(3.6, 3.2))
     ax.imshow(cm, cmap="Blues")
     for (i, j), count in np.ndenumerate(cm):
@@ -53,11 +53,6 @@ def confusion_figure(cm: np.ndarray, title: str):
 
 
 def curves_figure(history: list[dict[str, Any]], metric: str):
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
     epochs = [h["epoch"] for h in history]
     fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(7, 3))
     for key in ("train_loss", "val_loss"):
@@ -73,8 +68,6 @@ def curves_figure(history: list[dict[str, Any]], metric: str):
 
 def log_trial_artifacts(tracker, run_id: str, checkpoint_dir: Path, metric: str, log_model: bool) -> str | None:
     """Confusion matrix and curves as images, the best model as an MLflow PyTorch model; returns the model URI."""
-    import matplotlib.pyplot as plt
-
     best = load_best(checkpoint_dir)
     history = load_history(checkpoint_dir)
     cm = confusion_from_metrics(best["metrics"])
@@ -99,13 +92,6 @@ def log_pytorch_model(tracker, run_id: str, best: dict[str, Any]) -> str:
     A plain state dict rides along as an extra file so `leukotune predict` can rebuild the network from the
     registry and load weights with `weights_only=True`, never unpickling a module from a server.
     """
-    import tempfile
-
-    import mlflow.pytorch
-    import torch
-    from mlflow.models import infer_signature
-
-    from tuner.tracking import with_retries
 
     model = rebuild_model(best)
     prep = best["preprocessing"]

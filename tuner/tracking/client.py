@@ -13,6 +13,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import Future, ThreadPoolExecutor
+from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Iterable
 
@@ -31,7 +32,6 @@ TAG_FINGERPRINT = "leukotune.data_fingerprint"
 TAG_EARLY_STOP = "leukotune.stopped_early"
 TAG_ORPHANED = "leukotune.orphaned"
 PARENT_TAG = "mlflow.parentRunId"
-FINAL_STATES = ("FINISHED", "FAILED", "KILLED")
 
 
 class TrackingUnavailable(RuntimeError):
@@ -96,7 +96,6 @@ def code_version() -> str:
                              cwd=Path(__file__).resolve().parent).stdout.strip()
     except (OSError, subprocess.SubprocessError):
         sha = ""
-    from importlib.metadata import PackageNotFoundError, version
 
     try:
         package = version("leukotune")
@@ -221,4 +220,3 @@ class BackgroundLogger:
     def close(self) -> None:
         self.drain()
         self._pool.shutdown(wait=True)
-

@@ -5,11 +5,27 @@ run id), a run is registered at most once (its existing version is reused), and 
 """
 from __future__ import annotations
 
+import json
 import math
+import tempfile
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any, Callable
 
-from tuner.tracking import PARENT_TAG, TAG_FINGERPRINT, TAG_KIND, TAG_MODEL_URI, TAG_STUDY, TAG_TRIAL
+from mlflow.exceptions import MlflowException
+from mlflow.tracking import MlflowClient
+
+from leukotune.tuner.config import ConfigError
+from leukotune.tuner.metrics import ranking_key
+from leukotune.tuner.tracking.client import (
+    PARENT_TAG,
+    TAG_FINGERPRINT,
+    TAG_KIND,
+    TAG_MODEL_URI,
+    TAG_STUDY,
+    TAG_TRIAL,
+    check_reachable,
+    redact,
+)
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -75,8 +91,7 @@ def find_candidates(client: MlflowClient, experiment_id: str, metric: str) -> li
 
 def rank(candidates: list[Candidate], mode: str = "max") -> list[Candidate]:
     """Best first; ties go to the earliest start, then the smaller run id, so two calls always agree."""
-    sign = -1.0 if mode == "max" else 1.0
-    return sorted(candidates, key=lambda c: (sign * c.value, c.start_time, c.run_id))
+    return sorted(candidates, key=lambda c: (*ranking_key(c.value, mode), c.start_time, c.run_id))
 
 
 def threshold_problem(value: float, metric: str, minimum: float | None, maximum: float | None) -> str | None:
@@ -100,9 +115,6 @@ def data_fingerprint(client: MlflowClient, run: Run) -> str | None:
 
 def best_epoch_metrics(client: MlflowClient, run: Run) -> dict[str, float]:
     """Metrics of the epoch whose weights were logged (best_epoch.json), else the run's latest values."""
-    import json
-    import tempfile
-
     try:
         with tempfile.TemporaryDirectory(prefix="leukotune-promote-") as tmp:
             path = client.download_artifacts(run.info.run_id, BEST_EPOCH_FILE, tmp)
@@ -139,8 +151,6 @@ def _quote(text: str) -> str:
 
 
 def ensure_registered_model(client: MlflowClient, model_name: str, experiment: str) -> None:
-    from mlflow.exceptions import MlflowException
-
     try:
         client.get_registered_model(model_name)
     except MlflowException:
@@ -150,8 +160,6 @@ def ensure_registered_model(client: MlflowClient, model_name: str, experiment: s
 
 
 def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> str | None:
-    from mlflow.exceptions import MlflowException
-
     try:
         return str(client.get_model_version_by_alias(model_name, alias).version)
     except MlflowException:
@@ -162,11 +170,6 @@ def promote(tracking_uri: str, experiment: str, metric: str = DEFAULT_METRIC, mo
             minimum: float | None = None, maximum: float | None = None, alias: str = DEFAULT_ALIAS,
             model_name: str | None = None, log: Callable[[str], None] = print) -> Promotion:
     """Pick, check, register (once) and alias the best trial model of `experiment`."""
-    from mlflow.tracking import MlflowClient
-
-    from tuner.config import ConfigError
-    from tuner.tracking import check_reachable, redact
-
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)

@@ -10,9 +10,19 @@ from typing import Any, Callable
 
 from ray import tune
 
-from tuner.artifacts import log_trial_artifacts
-from tuner.tracking import (PARENT_TAG, TAG_EARLY_STOP, TAG_KIND, TAG_MODEL_URI, TAG_ORPHANED, TAG_STUDY, TAG_TRIAL,
-                            BackgroundLogger, Tracker, numeric_metrics)
+from leukotune.tuner.tracking.artifacts import log_trial_artifacts
+from leukotune.tuner.tracking.client import (
+    PARENT_TAG,
+    TAG_EARLY_STOP,
+    TAG_KIND,
+    TAG_MODEL_URI,
+    TAG_ORPHANED,
+    TAG_STUDY,
+    TAG_TRIAL,
+    BackgroundLogger,
+    Tracker,
+    numeric_metrics,
+)
 
 OPEN_STATES = ("RUNNING", "SCHEDULED")
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import logging
 import os
 import re
 import shlex
@@ -18,6 +19,12 @@ import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Callable, Iterator, TextIO
 from urllib.parse import urlparse
+
+from ray.exceptions import AuthenticationError
+from ray.job_submission import JobSubmissionClient
+
+from leukotune.tuner.config import StudyConfig
+from leukotune.tuner.tracking.client import redact
 
 if TYPE_CHECKING:  # imported lazily at run time: ray takes a second to import
     from ray.job_submission import JobDetails, JobSubmissionClient
@@ -40,9 +47,8 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRAC
 
 class ClusterError(RuntimeError):
     """The cluster cannot be reached or refused a request; the message is one line a user can act on."""
-
-
 # ---------------------------------------------------------------- connecting
+
 
 def resolve_address(address: str | None) -> str:
     """--address, else $RAY_ADDRESS, else the local dashboard; a bare `host:8265` gets its `http://`."""
@@ -82,7 +88,6 @@ def check_port_open(address: str, timeout_s: float = 5.0) -> None:
         with socket.create_connection((parsed.hostname, port), timeout=timeout_s):
             pass
     except OSError as exc:
-        from tuner.tracking import redact
 
         reason = exc.strerror or type(exc).__name__
         raise ClusterError(f"Ray dashboard at {redact(address)} is unreachable ({reason}); is "
@@ -103,8 +108,6 @@ def _explicit_address() -> Iterator[None]:
 
 def connect(address: str | None = None) -> JobSubmissionClient:
     """A JobSubmissionClient for the cluster, or a ClusterError saying why there is none."""
-    from ray.job_submission import JobSubmissionClient
-
     address = resolve_address(address)
     check_port_open(address)
     try:
@@ -116,10 +119,6 @@ def connect(address: str | None = None) -> JobSubmissionClient:
 
 def _as_cluster_error(exc: BaseException, address: str, job_id: str | None = None) -> ClusterError:
     """One actionable line for what Ray raised; the server's text is trimmed to its first line."""
-    from ray.exceptions import AuthenticationError
-
-    from tuner.tracking import redact
-
     address, text = redact(address), redact(str(exc))
     if isinstance(exc, AuthenticationError) or text.startswith(("Authentication required", "Authentication failed")):
         if "required" in text.split("\n", 1)[0].lower() or "Missing" in text:
@@ -185,8 +184,6 @@ def submission_id(study_name: str) -> str:
 def submit(client: JobSubmissionClient, entrypoint: str, working_dir: Path, env: dict[str, str], job_name: str,
            metadata: dict[str, str] | None = None) -> str:
     """Upload the working_dir (minus the excludes) and start the entrypoint on the head; returns the job id."""
-    import logging
-
     # Ray logs each default-excluded folder and ignore file it meets; the summary printed before is enough.
     for name in ("ray._private.runtime_env.working_dir", "ray._private.runtime_env.packaging"):
         logging.getLogger(name).setLevel(logging.ERROR)
@@ -199,13 +196,10 @@ def submit(client: JobSubmissionClient, entrypoint: str, working_dir: Path, env:
                                  metadata={"leukotune": "study", **(metadata or {})})
 
 
-def submit_study(client: JobSubmissionClient, config: Path, overrides: list[str], data: str | None,
-                 working_dir: Path, tracking_uri: str | None, log: Callable[[str], None] = print) -> str:
-    """Validate the study here (a typo fails in a second, not after the upload), then submit it as a job."""
-    from tuner.config import load_study
-    from tuner.tracking import redact
-
-    study = load_study(config, overrides, data)
+def submit_study(client: JobSubmissionClient, study: StudyConfig, config: Path, overrides: list[str],
+                 data: str | None, working_dir: Path, tracking_uri: str | None,
+                 log: Callable[[str], None] = print) -> str:
+    """Submit the (already validated) study as a job whose entrypoint is `leukotune tune` with the same flags."""
     entrypoint = study_entrypoint(config, working_dir, overrides, data)
     env = forwarded_env(tracking_uri)
     uri = env.get("MLFLOW_TRACKING_URI")
@@ -266,7 +260,6 @@ def follow(client: JobSubmissionClient, job_id: str, out: TextIO = sys.stdout) -
     `tail_job_logs` is an async generator over a websocket: run it in its own event loop. The socket closes when
     the job ends; the status is then polled, since the stream can close a moment before the status is final.
     """
-    import logging
 
     # Ray's SDK logs every websocket close at INFO; the job's own output is what the user follows.
     logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)

@@ -1,20 +1,28 @@
 """Sessions: how the training loop talks to where it runs (this process, a Tune trial, a Ray Train worker)."""
 from __future__ import annotations
 
+import shutil
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any, Iterator
 
+import ray.train
+import ray.train.torch
 import torch
+from ray import tune
 from torch import nn
 from torch.utils.data import DataLoader
 
 
+def wants_gpu(use_gpu: str, gpus_available: bool) -> bool:
+    """`resources.use_gpu` (auto | true | false, checked by the schema) given whether GPUs are there."""
+    return use_gpu == "true" or (use_gpu == "auto" and gpus_available)
+
+
 def pick_device(use_gpu: str) -> torch.device:
-    want = str(use_gpu).lower()
-    if want == "true" and not torch.cuda.is_available():
+    if use_gpu == "true" and not torch.cuda.is_available():
         raise RuntimeError("resources.use_gpu=true but no CUDA device is visible to this worker")
-    return torch.device("cuda" if want != "false" and torch.cuda.is_available() else "cpu")
+    return torch.device("cuda" if wants_gpu(use_gpu, torch.cuda.is_available()) else "cpu")
 
 
 class LocalSession:
@@ -44,7 +52,6 @@ class LocalSession:
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
         self.reports.append(dict(metrics))
         if checkpoint_dir is not None and self._keep_dir is not None:
-            import shutil
 
             target = self._keep_dir / f"epoch_{metrics['epoch']:04d}"
             shutil.copytree(checkpoint_dir, target, dirs_exist_ok=True)
@@ -57,13 +64,9 @@ class TuneSession(LocalSession):
         super().__init__(use_gpu)
 
     def restore_dir(self):
-        from ray import tune
-
         return _local_directory(tune.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        from ray import tune
-
         checkpoint = tune.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         tune.report(_tune_safe(metrics), checkpoint=checkpoint)
 
@@ -72,35 +75,23 @@ class TrainSession:
     """A Ray Train worker: DDP through prepare_model / prepare_data_loader, reports through ray.train."""
 
     def __init__(self):
-        import ray.train
-
         context = ray.train.get_context()
         self.world_rank = context.get_world_rank()
         self.world_size = context.get_world_size()
 
     def device(self) -> torch.device:
-        import ray.train.torch
-
         return ray.train.torch.get_device()
 
     def prepare_model(self, model: nn.Module) -> nn.Module:
-        import ray.train.torch
-
         return ray.train.torch.prepare_model(model)
 
     def prepare_loader(self, loader: DataLoader) -> DataLoader:
-        import ray.train.torch
-
         return ray.train.torch.prepare_data_loader(loader, move_to_device=False)
 
     def restore_dir(self):
-        import ray.train
-
         return _local_directory(ray.train.get_checkpoint())
 
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None:
-        import ray.train
-
         checkpoint = ray.train.Checkpoint.from_directory(str(checkpoint_dir)) if checkpoint_dir else None
         ray.train.report(_tune_safe(metrics), checkpoint=checkpoint)
 

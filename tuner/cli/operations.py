@@ -7,7 +7,7 @@ import os
 import sys
 from pathlib import Path
 
-EXIT_OK, EXIT_FAILED, EXIT_UNUSABLE, EXIT_INTERRUPTED = 0, 1, 2, 130
+from leukotune.tuner.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
@@ -109,7 +109,7 @@ def _add_predict(commands) -> None:
 
 def _fail(message: str) -> int:
     print(f"error: {message}", file=sys.stderr)
-    return EXIT_UNUSABLE
+    return EXIT_USAGE
 
 
 def _info(message: str) -> None:
@@ -119,10 +119,13 @@ def _info(message: str) -> None:
 # ---------------------------------------------------------------- Ray jobs
 
 def cmd_submit(args: argparse.Namespace) -> int:
-    from tuner import jobs
+    from leukotune.tuner.cluster import jobs
+    from leukotune.tuner.config import load_study
 
+    # Every value is checked before the cluster is contacted: a typo costs a second, not an upload.
+    study = load_study(args.config, args.overrides, args.data)
     client = jobs.connect(args.address)
-    job_id = jobs.submit_study(client, args.config, args.overrides, args.data, args.working_dir, args.tracking_uri,
+    job_id = jobs.submit_study(client, study, args.config, args.overrides, args.data, args.working_dir, args.tracking_uri,
                                log=_info)
     address = client.get_address()
     print(f"submitted job: {job_id}")
@@ -134,7 +137,7 @@ def cmd_submit(args: argparse.Namespace) -> int:
 
 
 def _follow(client, job_id: str) -> int:
-    from tuner import jobs
+    from leukotune.tuner.cluster import jobs
 
     try:
         status = jobs.follow(client, job_id)
@@ -146,7 +149,7 @@ def _follow(client, job_id: str) -> int:
 
 
 def cmd_jobs_status(args: argparse.Namespace) -> int:
-    from tuner import jobs
+    from leukotune.tuner.cluster import jobs
 
     info = jobs.job_info(jobs.connect(args.address), args.job_id)
     print("\n".join(jobs.describe_job(info)))
@@ -154,7 +157,7 @@ def cmd_jobs_status(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_logs(args: argparse.Namespace) -> int:
-    from tuner import jobs
+    from leukotune.tuner.cluster import jobs
 
     client = jobs.connect(args.address)
     if not args.follow:
@@ -164,7 +167,7 @@ def cmd_jobs_logs(args: argparse.Namespace) -> int:
 
 
 def cmd_jobs_stop(args: argparse.Namespace) -> int:
-    from tuner import jobs
+    from leukotune.tuner.cluster import jobs
 
     status = jobs.stop_job(jobs.connect(args.address), args.job_id)
     print(f"job {args.job_id}: {status}")
@@ -174,7 +177,7 @@ def cmd_jobs_stop(args: argparse.Namespace) -> int:
 # ---------------------------------------------------------------- MLflow
 
 def cmd_mlflow_server(args: argparse.Namespace) -> int:
-    from tuner import server
+    from leukotune.tuner.cluster import mlflow_server as server
 
     plan = server.plan_server(args.host, args.port, args.backend_store_uri, args.artifacts_destination,
                               expose=args.expose, auth=args.auth, workers=args.workers, allowed_hosts=args.allowed_hosts)
@@ -192,7 +195,7 @@ def _quiet_downloads() -> None:
 
 def _mlflow_failure(exc: Exception, tracking_uri: str) -> int:
     """A refused or failed MLflow request as one line; 401/403 say which credentials MLflow reads."""
-    from tuner.tracking import redact
+    from leukotune.tuner.tracking.client import redact
 
     text = redact(str(getattr(exc, "message", exc))).strip()
     first = text.splitlines()[0][:300] if text else type(exc).__name__
@@ -205,8 +208,8 @@ def _mlflow_failure(exc: Exception, tracking_uri: str) -> int:
 def cmd_promote(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from tuner.promote import DEFAULT_ALIAS, DEFAULT_METRIC, promote, promotion_json, summary_lines
-    from tuner.tracking import resolve_tracking_uri
+    from leukotune.tuner.registry.promote import DEFAULT_ALIAS, DEFAULT_METRIC, promote, promotion_json, summary_lines
+    from leukotune.tuner.tracking.client import resolve_tracking_uri
 
     _quiet_downloads()
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
@@ -226,8 +229,15 @@ def cmd_promote(args: argparse.Namespace) -> int:
 def cmd_predict(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from tuner.predict import check_model_uri, describe_version, format_table, list_images, load_model, predict_files
-    from tuner.tracking import resolve_tracking_uri
+    from leukotune.tuner.registry.predict import (
+        check_model_uri,
+        describe_version,
+        format_table,
+        list_images,
+        load_model,
+        predict_files,
+    )
+    from leukotune.tuner.tracking.client import resolve_tracking_uri
 
     _quiet_downloads()
     check_model_uri(args.model)

@@ -5,8 +5,6 @@ checkpoint to resume from, and where to report each epoch. That keeps this file 
 """
 from __future__ import annotations
 
-import hashlib
-import json
 import math
 import random
 import tempfile
@@ -21,15 +19,18 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader
 
-from data import CellDataset, channel_stats, collate_batch, prepare_data
-from models import build_optimizer, get_model, get_model_spec
-from tuner.config import StudyConfig, model_kwargs
-from tuner.datasets import resolve_data_root
-from tuner.metrics import classification_metrics
-
-STATE_FILE = "state.pt"
-BEST_FILE = "best.pt"
-MANIFEST_FILE = "checkpoint.json"
+from leukotune.data import CellDataset, channel_stats, collate_batch, prepare_data
+from leukotune.models import build_optimizer, get_model, get_model_spec
+from leukotune.tuner.config import StudyConfig, model_kwargs
+from leukotune.tuner.metrics import classification_metrics, is_better
+from leukotune.tuner.train.checkpoints import (
+    BEST_FILE,
+    STATE_FILE,
+    CheckpointError,
+    read_checkpoint_file,
+    write_checkpoint,
+)
+from leukotune.tuner.train.data_source import resolve_data_root
 
 
 class Session(Protocol):
@@ -43,10 +44,6 @@ class Session(Protocol):
     def prepare_loader(self, loader: DataLoader) -> DataLoader: ...
     def restore_dir(self) -> Any: ...  # context manager yielding a Path or None
     def report(self, metrics: dict[str, Any], checkpoint_dir: Path | None) -> None: ...
-
-
-class CheckpointError(RuntimeError):
-    """A checkpoint that is missing files, truncated or fails its checksum: never loaded."""
 
 
 @dataclass
@@ -147,47 +144,6 @@ def _memory_format(device: torch.device) -> torch.memory_format:
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
 
 
-def is_better(value: float, best: float | None, mode: str) -> bool:
-    if value is None or (isinstance(value, float) and math.isnan(value)):
-        return False
-    return best is None or (value > best if mode == "max" else value < best)
-
-
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with open(path, "rb") as handle:
-        for chunk in iter(lambda: handle.read(1 << 20), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
-
-
-def write_checkpoint(directory: Path, state: dict[str, Any], best: dict[str, Any] | None) -> None:
-    """Write state (and the best model so far) plus a manifest of checksums, so a truncated copy is detected."""
-    directory.mkdir(parents=True, exist_ok=True)
-    files = {STATE_FILE: state}
-    if best is not None:
-        files[BEST_FILE] = best
-    sums = {}
-    for name, payload in files.items():
-        torch.save(payload, directory / name)
-        sums[name] = _sha256(directory / name)
-    (directory / MANIFEST_FILE).write_text(json.dumps({"sha256": sums, "epoch": state["epoch"]}))
-
-
-def read_checkpoint_file(directory: Path, name: str) -> dict[str, Any]:
-    """Load one checkpoint file after checking it against the manifest; only tensors and plain data (weights_only)."""
-    manifest_path, path = directory / MANIFEST_FILE, directory / name
-    if not manifest_path.is_file() or not path.is_file():
-        raise CheckpointError(f"{directory}: incomplete checkpoint ({MANIFEST_FILE} or {name} missing)")
-    try:
-        expected = json.loads(manifest_path.read_text())["sha256"][name]
-    except (ValueError, KeyError) as exc:
-        raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from exc
-    if _sha256(path) != expected:
-        raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted); not loading it")
-    return torch.load(path, map_location="cpu", weights_only=True)
-
-
 def unwrap(model: nn.Module) -> nn.Module:
     return model.module if hasattr(model, "module") else model
 
@@ -272,4 +228,3 @@ def format_epoch(metrics: dict[str, Any], metric: str) -> str:
     return (f"epoch {metrics['epoch']:>3}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
             f"val_acc {metrics['val_accuracy']:.4f}  {metric} {metrics.get(metric, float('nan')):.4f}  "
             f"({metrics['train_samples_per_second']:.0f} img/s)")
-

@@ -1,22 +1,30 @@
 """Ray Train: run the shared training loop in TorchTrainer workers (DDP over `resources.workers`)."""
 from __future__ import annotations
 
+import logging
 from pathlib import Path
 from typing import Any
 
+import ray
 import torch
+from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
+from ray.train.torch import TorchTrainer
+from ray.tune.integration.ray_train import TuneReportCallback
 
-from tuner.config import StudyConfig, from_dict
+from leukotune.tuner.config import StudyConfig, build_study
+from leukotune.tuner.train.loop import run_training
+from leukotune.tuner.train.sessions import TrainSession, wants_gpu
+
+
+def quiet_ray_loggers() -> None:
+    # Ray logs every checkpoint it persists at INFO; the driver already prints one line per trial epoch.
+    for name in ("ray.train", "ray.tune"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def worker_loop(config: dict[str, Any]) -> None:
     """Entry point on every Ray Train worker: rebuild the typed config, then run the one training loop."""
-    from tuner.sessions import TrainSession
-    from tuner.trial import run_training
-
-    from tuner.study import quiet_ray_loggers
-
-    study = from_dict(StudyConfig, config["study"])
+    study = build_study(config["study"])
     quiet_ray_loggers()
     torch.set_num_threads(study.resources.cpus_per_worker)
     session = TrainSession()
@@ -24,17 +32,11 @@ def worker_loop(config: dict[str, Any]) -> None:
 
 
 def use_gpu(study: StudyConfig) -> bool:
-    import ray
-
-    want = str(study.resources.use_gpu).lower()
-    return want == "true" or (want == "auto" and ray.cluster_resources().get("GPU", 0) >= 1)
+    return wants_gpu(study.resources.use_gpu, ray.cluster_resources().get("GPU", 0) >= 1)
 
 
 def make_trainer(study: StudyConfig, name: str, storage_path: Path, callbacks: list | None = None):
     """A TorchTrainer for one run of `study`: its resources, failure policy and checkpoint retention."""
-    from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-    from ray.train.torch import TorchTrainer
-
     resources = study.resources
     gpu = use_gpu(study)
     scaling = ScalingConfig(num_workers=resources.workers, use_gpu=gpu,
@@ -53,7 +55,5 @@ def make_trainer(study: StudyConfig, name: str, storage_path: Path, callbacks: l
 
 def train_in_tune_trial(study: StudyConfig, trial_name: str, storage_path: Path) -> None:
     """Inside a Tune trial: a nested TorchTrainer whose reports reach Tune (and ASHA) via TuneReportCallback."""
-    from ray.tune.integration.ray_train import TuneReportCallback
-
     trainer = make_trainer(study, f"{trial_name}-train", storage_path, callbacks=[TuneReportCallback()])
     trainer.fit()

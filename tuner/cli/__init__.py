@@ -1,0 +1,2 @@
+"""The `leukotune` command."""
+from .main import main as main

@@ -1,0 +1,86 @@
+"""Checks before anything starts: storage, search space, weights and data, so a study fails in seconds, not
+after an hour inside a trial."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Any
+
+from leukotune.data import DatasetError, prepare_data
+from leukotune.models import get_model_spec, resolve_weights_path
+from leukotune.tuner.config import ConfigError, StudyConfig, replace_train, train_keys
+from leukotune.tuner.space import DEFAULT_SPACE, SpaceError, check_space, sample_points
+from leukotune.tuner.train.data_source import resolve_data_root
+
+
+def check_search_space(study: StudyConfig, draws: int = 64) -> dict[str, Any]:
+    """Validate the space's shape, then draw points offline and build each config: refuse what cannot be sampled."""
+    space = study.tune.space or DEFAULT_SPACE
+    try:
+        check_space(space, train_keys())
+        points = (sample_points(space, study.train.to_dict(), draws, seed=study.tune.seed)
+                  + list(study.tune.points_to_evaluate))
+    except SpaceError as exc:
+        raise ConfigError(str(exc)) from exc
+    for point in points:
+        try:
+            replace_train(study, point)
+        except ConfigError as exc:
+            raise ConfigError(f"tune.space can produce an unusable trial {point}: {exc}") from exc
+    return space
+
+
+def check_storage(directory: Path, min_free_gb: float = 1.0) -> None:
+    """Fail at start, not after an hour, when checkpoints could not be written."""
+    probe = directory / ".write-test"
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as exc:
+        raise ConfigError(f"storage_path {directory} is not writable: {exc.strerror or exc}") from exc
+    free_gb = _free_gb(directory)
+    if free_gb < min_free_gb:
+        raise ConfigError(f"storage_path {directory} has only {free_gb:.2f} GB free; at least {min_free_gb} GB "
+                          f"is needed for checkpoints (set LEUKOTUNE_MIN_FREE_GB to change the threshold)")
+
+
+def _free_gb(directory: Path) -> float:
+    stats = os.statvfs(directory)
+    return stats.f_bavail * stats.f_frsize / 1e9
+
+
+def check_weights(study: StudyConfig, space: dict[str, Any]) -> None:
+    """Pretrained weights cannot be downloaded mid-study: find them now for every model the study can pick."""
+
+    if not study.train.weights:
+        return
+    names = set(space.get("model", {}).get("choice", [])) | {study.train.model}
+    for name in sorted(names):
+        if "weights" in get_model_spec(name).takes:
+            try:
+                resolve_weights_path(name, study.train.weights)
+            except Exception as exc:  # noqa: BLE001 - re-raised with the study key named
+                raise ConfigError(f"train.weights={study.train.weights!r} for {name}: {exc}") from exc
+
+
+def summarise_data(study: StudyConfig) -> dict[str, Any]:
+    """Decode and split the data once on the driver, before Ray starts.
+
+    Unreadable files are found here (and listed in the parent run), not one trial at a time; a folder with nothing
+    usable, or a split that leaves a class out, stops the command. The decoded cache it builds is the one the
+    trials on this node then read.
+    """
+
+    root = resolve_data_root(study.data)
+    try:
+        data = prepare_data(root, size=study.train.image_size, color=study.train.color, split=study.data.split,
+                            val_fraction=study.data.val_fraction, seed=study.data.seed,
+                            val_fold=study.data.val_fold, cache_dir=study.data.cache_dir)
+    except DatasetError as exc:
+        raise ConfigError(f"data: {exc}") from exc
+    labels = data.labels.tolist()
+    return {"root": str(root), "cells": len(labels), "all": labels.count(1), "hem": labels.count(0),
+            "subjects": len(set(data.subjects.tolist())), "split": data.counts,
+            "skipped": [{"path": s.path, "reason": s.reason} for s in data.skipped],
+            "synthetic": not study.data.path, "fingerprint": data.fingerprint}

@@ -1,0 +1,53 @@
+"""Trial checkpoints: the training state and the best model so far, with a checksum manifest so a truncated or
+corrupted copy is detected and never loaded."""
+from __future__ import annotations
+
+import hashlib
+import json
+from pathlib import Path
+from typing import Any
+
+import torch
+
+STATE_FILE = "state.pt"
+BEST_FILE = "best.pt"
+MANIFEST_FILE = "checkpoint.json"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint that is missing files, truncated or fails its checksum: never loaded."""
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def write_checkpoint(directory: Path, state: dict[str, Any], best: dict[str, Any] | None) -> None:
+    """Write state (and the best model so far) plus a manifest of checksums, so a truncated copy is detected."""
+    directory.mkdir(parents=True, exist_ok=True)
+    files = {STATE_FILE: state}
+    if best is not None:
+        files[BEST_FILE] = best
+    sums = {}
+    for name, payload in files.items():
+        torch.save(payload, directory / name)
+        sums[name] = _sha256(directory / name)
+    (directory / MANIFEST_FILE).write_text(json.dumps({"sha256": sums, "epoch": state["epoch"]}))
+
+
+def read_checkpoint_file(directory: Path, name: str) -> dict[str, Any]:
+    """Load one checkpoint file after checking it against the manifest; only tensors and plain data (weights_only)."""
+    manifest_path, path = directory / MANIFEST_FILE, directory / name
+    if not manifest_path.is_file() or not path.is_file():
+        raise CheckpointError(f"{directory}: incomplete checkpoint ({MANIFEST_FILE} or {name} missing)")
+    try:
+        expected = json.loads(manifest_path.read_text())["sha256"][name]
+    except (ValueError, KeyError) as exc:
+        raise CheckpointError(f"{manifest_path}: unreadable manifest ({exc})") from exc
+    if _sha256(path) != expected:
+        raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted); not loading it")
+    return torch.load(path, map_location="cpu", weights_only=True)

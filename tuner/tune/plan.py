@@ -1,0 +1,57 @@
+"""A study's plan: its id, folder, space and data, decided before Ray starts; and finding it again on resume."""
+from __future__ import annotations
+
+import json
+import os
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+from leukotune.tuner.config import ConfigError, StudyConfig, build_study
+from leukotune.tuner.preflight import check_search_space, check_storage, check_weights, summarise_data
+
+STUDY_FILE = "leukotune_study.json"
+
+
+@dataclass
+class StudyPlan:
+    """Everything decided before Ray starts: ids, paths, the space, and the data that will be used."""
+
+    study: StudyConfig
+    study_id: str
+    directory: Path
+    space: dict[str, Any]
+    resume: bool
+    data_summary: dict[str, Any] = field(default_factory=dict)
+
+
+def plan_study(study: StudyConfig, resume: bool, log: Callable[[str], None] = print) -> StudyPlan:
+    storage = Path(study.storage_path).expanduser().resolve()
+    check_storage(storage, float(os.environ.get("LEUKOTUNE_MIN_FREE_GB", "1.0")))
+    if resume:
+        directory = latest_study_dir(storage, study.name)
+        saved = json.loads((directory / STUDY_FILE).read_text())
+        study = build_study(saved["config"])
+        log(f"resuming study {directory.name} (its saved configuration is used)")
+    else:
+        directory = storage / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    space = check_search_space(study)
+    check_weights(study, space)
+    plan = StudyPlan(study=study, study_id=directory.name, directory=directory, space=space, resume=resume)
+    plan.data_summary = summarise_data(study)
+    return plan
+
+
+def latest_study_dir(storage: Path, name: str) -> Path:
+    candidates = sorted((p for p in storage.glob(f"{name}-*") if (p / STUDY_FILE).is_file()),
+                        key=lambda p: p.stat().st_mtime)
+    if not candidates:
+        raise ConfigError(f"--resume: no study named '{name}' under {storage}; start it without --resume first")
+    return candidates[-1]
+
+
+def save_plan(plan: StudyPlan, parent_run_id: str) -> None:
+    plan.directory.mkdir(parents=True, exist_ok=True)
+    payload = {"study_id": plan.study_id, "config": plan.study.to_dict(), "parent_run_id": parent_run_id}
+    (plan.directory / STUDY_FILE).write_text(json.dumps(payload, indent=2, default=str))

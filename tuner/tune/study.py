@@ -1,0 +1,130 @@
+"""`leukotune tune`: Ray Tune + Optuna (TPE) + ASHA over the study's space, every trial recorded in MLflow."""
+from __future__ import annotations
+
+import os
+import signal
+from dataclasses import dataclass
+from typing import Any, Callable
+
+import ray
+from ray import tune
+
+from leukotune.tuner.cluster.ray_cluster import init_ray
+from leukotune.tuner.config import ConfigError, StudyConfig
+from leukotune.tuner.metrics import ranking_key
+from leukotune.tuner.tracking import (
+    Tracker,
+    TrialRecorder,
+    TrialRunsCallback,
+    check_reachable,
+    close_parent,
+    log_study_end,
+    open_parent,
+    resolve_tracking_uri,
+    trial_summary,
+)
+from leukotune.tuner.train.ray_train import use_gpu
+from leukotune.tuner.tune.plan import StudyPlan, save_plan
+from leukotune.tuner.tune.search import make_scheduler, make_searcher
+from leukotune.tuner.tune.trainable import TRIAL_DRIVER_CPU, reuse_actors, runtime_of, trial_resources, tune_trial
+
+
+def concurrency_for(study: StudyConfig, cluster: dict[str, float], gpu: bool) -> int:
+    """Concurrent trials the cluster can really hold; refuse a trial that can never be placed."""
+    resources = study.resources
+    cpus_per_trial = resources.workers * resources.cpus_per_worker
+    if runtime_of(study) == "ray_train":
+        cpus_per_trial += TRIAL_DRIVER_CPU
+    fits = int(cluster.get("CPU", 0) // cpus_per_trial)
+    if gpu:
+        fits = min(fits, int(cluster.get("GPU", 0) // resources.workers))
+    if fits < 1:
+        raise ConfigError(
+            f"resources: one trial needs {cpus_per_trial:g} CPUs{' and ' + str(resources.workers) + ' GPUs' if gpu else ''}"
+            f" but the cluster has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs")
+    wanted = study.tune.max_concurrent or fits
+    return max(1, min(wanted, fits, study.tune.num_samples))
+
+
+def check_runtime(study: StudyConfig, dashboard_url: str | None) -> None:
+    # Seen with Ray 2.60: without the dashboard, finished Train runs inside Tune trials never release their
+    # placement groups and the study deadlocks. Refuse that combination instead of hanging.
+    if runtime_of(study) == "ray_train" and not dashboard_url:
+        raise ConfigError("resources.trial_runtime=ray_train needs Ray's dashboard (install ray[default] and start "
+                          "the cluster with it), or use resources.workers=1 with trial_runtime=inline")
+
+
+def build_tuner(plan: StudyPlan, callback, concurrency: int, gpu: bool):
+    """A new Tuner, or on resume the saved one (which brings back its searcher state and our callback)."""
+
+    study = plan.study
+    trainable = tune.with_resources(
+        tune.with_parameters(tune_trial, study_dict={**study.to_dict(), "storage_path": str(plan.directory)}),
+        trial_resources(study, gpu))
+    run_config = tune.RunConfig(
+        name=plan.study_id, storage_path=str(plan.directory.parent), callbacks=[callback], verbose=0,
+        failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
+    if plan.resume:
+        return tune.Tuner.restore(str(plan.directory), trainable, resume_unfinished=True, resume_errored=True)
+    tune_config = tune.TuneConfig(search_alg=make_searcher(plan), scheduler=make_scheduler(study),
+                                  num_samples=study.tune.num_samples, max_concurrent_trials=concurrency,
+                                  reuse_actors=reuse_actors(study))
+    return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+@dataclass
+class StudyOutcome:
+    study_id: str
+    parent_run_id: str
+    complete: bool
+    leaderboard: list[dict[str, Any]]
+    tracking_uri: str
+    experiment_id: str
+
+
+def forward_sigterm_to_tune() -> None:
+    # `ray job stop` and schedulers send SIGTERM; Tune stops gracefully (state saved) on SIGUSR1/SIGINT only.
+    if hasattr(signal, "SIGUSR1"):
+        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
+
+
+def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], None] = print) -> StudyOutcome:
+    """Run (or resume) the study end to end; every MLflow run is closed whatever happens."""
+
+    study = plan.study
+    uri = resolve_tracking_uri(study.tracking.tracking_uri)
+    check_reachable(uri)
+    tracker = Tracker(uri, study.tracking.experiment, log=log)
+    parent_run_id = open_parent(tracker, plan)
+    save_plan(plan, parent_run_id)
+    # Workers inherit the tracking URI; inside a Ray Job it already arrives through the job's runtime_env, and Ray
+    # refuses the same variable set twice.
+    worker_env = {} if os.environ.get("MLFLOW_TRACKING_URI") == uri else {"MLFLOW_TRACKING_URI": uri}
+    context = init_ray(address, worker_env, log=log)
+    check_runtime(study, context.dashboard_url)
+
+    gpu = use_gpu(study)
+    concurrency = concurrency_for(study, ray.cluster_resources(), gpu)
+    log(f"study {plan.study_id}: {study.tune.num_samples} trials, {concurrency} at a time, "
+        f"runtime {runtime_of(study)}, metric {study.tune.metric} ({study.tune.mode})")
+    recorder = TrialRecorder(tracker, parent_run_id, plan.study_id, study.tune.metric, study.train.epochs,
+                             log_models=study.tracking.log_models, log=log)
+    forward_sigterm_to_tune()
+    complete = False
+    try:
+        build_tuner(plan, TrialRunsCallback(recorder), concurrency, gpu).fit()
+        complete = sum(t.status in ("TERMINATED", "ERROR") for t in recorder.trials) >= study.tune.num_samples
+    finally:
+        closed = recorder.close()
+        leaderboard = [trial_summary(t, study.tune.metric) for t in recorder.trials]
+        log_study_end(tracker, parent_run_id, plan, leaderboard, complete)
+        close_parent(tracker, parent_run_id, complete)
+        if closed["killed"]:
+            log(f"{closed['killed']} unfinished trial run(s) marked KILLED in MLflow")
+    return StudyOutcome(plan.study_id, parent_run_id, complete, sort_leaderboard(leaderboard, study.tune.mode), uri,
+                        tracker.experiment_id)
+
+
+def sort_leaderboard(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
+    return sorted(rows, key=lambda row: (*ranking_key(row.get("best"), mode), row["trial_id"]))
