@@ -31,8 +31,15 @@ test-fast: $(STAMP)
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -q -m e2e tests/e2e $(ARGS)
 
+## Every benchmark in bench/, one after the other (figures and what each measures: BENCHMARKS.md). Long: about
+## an hour and a half here, most of it the search benchmark. The GPU script runs for real where a GPU is visible,
+## else in its CPU dry run.
 bench: $(STAMP)
-	$(BIN)/python bench/run_all.py $(ARGS)
+	set -e; for script in bench/*_bench.py; do \
+	  case $$script in bench/gpu_bench.py) continue;; esac; \
+	  echo "== $$script"; $(BIN)/python $$script $(ARGS); \
+	done
+	if command -v nvidia-smi >/dev/null 2>&1; then bench/gpu.sh; else bench/gpu.sh --dry-run; fi
 
 clean:
 	rm -rf .leukotune mlruns mlflow.db synthetic_cnmc .pytest_cache

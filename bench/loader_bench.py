@@ -10,19 +10,16 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 import tempfile
 import time
 from pathlib import Path
 from typing import Callable, Iterable
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import torch
+from torch.utils.data import DataLoader
+from torchvision import datasets, transforms
 
-import torch  # noqa: E402
-from torch.utils.data import DataLoader  # noqa: E402
-from torchvision import datasets, transforms  # noqa: E402
-
-from leukotune.data import (  # noqa: E402
+from leukotune.data import (
     CellDataset,
     channel_stats,
     collate_batch,

@@ -13,23 +13,20 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+import numpy as np
+import torch
+from torch import nn
 
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
-from torch import nn  # noqa: E402
-
-from leukotune.data import prepare_data  # noqa: E402
-from leukotune.models import build_optimizer, get_model  # noqa: E402
-from leukotune.tuner.config import build_study, load_study, model_kwargs, replace_train  # noqa: E402
-from leukotune.tuner.train.data_source import resolve_data_root  # noqa: E402
-from leukotune.tuner.train.loop import run_training  # noqa: E402
-from leukotune.tuner.train.sessions import LocalSession  # noqa: E402
+from leukotune.data import prepare_data
+from leukotune.models import build_optimizer, get_model
+from leukotune.tuner.config import build_study, load_study, model_kwargs, replace_train
+from leukotune.tuner.train.data_source import resolve_data_root
+from leukotune.tuner.train.loop import run_training
+from leukotune.tuner.train.sessions import LocalSession
 
 FEW, MANY = 2, 6
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"

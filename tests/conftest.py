@@ -1,19 +1,39 @@
-"""Shared fixtures: the real C-NMC sample (when ../shared exists) and small synthetic datasets."""
+"""Shared fixtures and helpers: the real C-NMC sample, small synthetic datasets, running `leukotune` as a user would
+and reading back what a study left in MLflow.
+
+Test modules import the plain helpers with `from conftest import ...` (pytest puts this folder on sys.path).
+"""
 from __future__ import annotations
 
+import json
+import os
+import socket
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
+from mlflow.tracking import MlflowClient
 
 REPO_ROOT = Path(__file__).resolve().parents[1]
+SMOKE = REPO_ROOT / "studies" / "smoke.yaml"
 CNMC_SAMPLE = REPO_ROOT.parent / "shared" / "cnmc-sample"
+# The smoke study shrunk to seconds per trial: a few synthetic subjects, small batches.
+TINY = ["data.synthetic.subjects=8", "data.synthetic.cells_per_subject=12", "train.batch_size=16"]
+
+
+def in_ci() -> bool:
+    return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
 @pytest.fixture(scope="session")
 def cnmc_sample() -> Path:
-    """The 60 real C-NMC cells shipped beside the checkout in ../shared (CI has it)."""
+    """The 60 real C-NMC cells shipped beside the checkout in ../shared: required under CI, else skipped."""
     if not (CNMC_SAMPLE / "training_data").is_dir():
-        pytest.skip(f"real C-NMC sample not found at {CNMC_SAMPLE} (../shared is absent on this machine)")
+        reason = f"real C-NMC sample not found at {CNMC_SAMPLE} (../shared is absent on this machine)"
+        if in_ci():
+            pytest.fail(f"{reason}; CI must have it")
+        pytest.skip(reason)
     return CNMC_SAMPLE
 
 
@@ -25,3 +45,57 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
     root = tmp_path_factory.mktemp("synthetic_cnmc")
     write_synthetic_dataset(root, subjects=6, cells_per_subject=4, seed=0)
     return root
+
+
+# ------------------------------------------------------------------ running the command
+
+@pytest.fixture
+def env(tmp_path: Path) -> dict[str, str]:
+    """The environment of a fresh user: own cache, local Ray and MLflow (nothing inherited from the machine)."""
+    values = {**os.environ, "LEUKOTUNE_CACHE_DIR": str(tmp_path / "cache"), "LEUKOTUNE_MIN_FREE_GB": "0.1"}
+    values.pop("MLFLOW_TRACKING_URI", None)
+    values.pop("RAY_ADDRESS", None)
+    return values
+
+
+def sets(values: list[str]) -> list[str]:
+    """`["a=1", "b=2"]` -> `["--set", "a=1", "--set", "b=2"]`."""
+    return [arg for value in values for arg in ("--set", value)]
+
+
+def run_leukotune(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 420
+                  ) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "leukotune.tuner.cli", *args], cwd=cwd, env=env,
+                          capture_output=True, text=True, timeout=timeout)
+
+
+def free_port() -> int:
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return sock.getsockname()[1]
+
+
+# ------------------------------------------------------------------ what a study left behind
+
+def local_uri(workdir: Path) -> str:
+    """The embedded default tracking store of a study run in `workdir`."""
+    return f"sqlite:///{workdir / '.leukotune' / 'mlflow.db'}"
+
+
+def study_runs(uri: str, experiment: str) -> tuple[MlflowClient, list, list]:
+    """(client, parent runs, trial runs) of an experiment; empty lists when it does not exist yet."""
+    client = MlflowClient(tracking_uri=uri)
+    found = client.get_experiment_by_name(experiment)
+    runs = client.search_runs([found.experiment_id], max_results=1000) if found else []
+    return (client, [r for r in runs if r.data.tags.get("leukotune.kind") == "study"],
+            [r for r in runs if r.data.tags.get("leukotune.kind") == "trial"])
+
+
+def reported_trial_pids(workdir: Path) -> set[int]:
+    """PIDs that this study's trials reported to Tune (Tune adds `pid` to every result), read from its folder."""
+    pids = set()
+    for result_file in (workdir / ".leukotune" / "runs").glob("*/*/result.json"):
+        for line in result_file.read_text().splitlines():
+            if line.strip():
+                pids.add(int(json.loads(line)["pid"]))
+    return pids

@@ -9,7 +9,8 @@ import pytest
 import ray
 import yaml
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
+
 CLUSTER_YAML = REPO_ROOT / "cluster.yaml"
 KUBERAY_YAML = REPO_ROOT / "deploy" / "kuberay-rayjob.yaml"
 

@@ -7,56 +7,21 @@ from __future__ import annotations
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import time
 from pathlib import Path
 
+import psutil
 import pytest
-from mlflow.tracking import MlflowClient
+
+from conftest import SMOKE, TINY, free_port, local_uri, reported_trial_pids, sets
+from conftest import run_leukotune as leukotune
+from conftest import study_runs as trial_runs
 from studyproc import StudyProcess
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SMOKE = REPO_ROOT / "studies" / "smoke.yaml"
-TINY = ["data.synthetic.subjects=8", "data.synthetic.cells_per_subject=12", "train.batch_size=16",
-        "tracking.log_models=false"]
-
-
-def sets(values: list[str]) -> list[str]:
-    return [arg for value in values for arg in ("--set", value)]
-
-
-def free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
-@pytest.fixture
-def env(tmp_path: Path) -> dict[str, str]:
-    values = {**os.environ, "LEUKOTUNE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO_ROOT),
-              "LEUKOTUNE_MIN_FREE_GB": "0.1"}
-    values.pop("MLFLOW_TRACKING_URI", None)
-    values.pop("RAY_ADDRESS", None)
-    return values
-
-
-def leukotune(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 420) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leukotune.tuner.cli", *args], cwd=cwd, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def trial_runs(uri: str, experiment: str) -> tuple[MlflowClient, list, list]:
-    client = MlflowClient(tracking_uri=uri)
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=500) if exp else []
-    return (client, [r for r in runs if r.data.tags.get("leukotune.kind") == "study"],
-            [r for r in runs if r.data.tags.get("leukotune.kind") == "trial"])
-
-
-def local_uri(workdir: Path) -> str:
-    return f"sqlite:///{workdir / '.leukotune' / 'mlflow.db'}"
+# Model export is not what these tests are about; skipping it keeps each trial short.
+TINY = [*TINY, "tracking.log_models=0"]
 
 
 # ------------------------------------------------------------------ refused before anything starts
@@ -158,11 +123,6 @@ def test_ctrl_c_ends_the_study_cleanly_and_says_how_to_resume(tmp_path, env):
     assert children and all(c.info.status in ("KILLED", "FINISHED") for c in children)
 
 
-def trial_worker_pids() -> list[int]:
-    found = subprocess.run(["pgrep", "-f", "ray::ImplicitFunc"], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in found]
-
-
 @pytest.mark.slow
 def test_killed_trial_worker_continues_from_its_checkpoint_in_the_same_run(tmp_path, env):
     args = ["tune", "--config", str(SMOKE), *sets(TINY + [
@@ -170,8 +130,10 @@ def test_killed_trial_worker_continues_from_its_checkpoint_in_the_same_run(tmp_p
     driver = StudyProcess(args, tmp_path, env)
     uri = local_uri(tmp_path)
     assert driver.wait_for(r"trial \w+ epoch 2/5"), driver.finish()[-3000:]
-    pids = trial_worker_pids()
-    assert pids, "no trial worker process found"
+    # Only this study's own trial process: the PID its trial reported to Tune, and a descendant of our driver.
+    pids = reported_trial_pids(tmp_path)
+    own = {child.pid for child in psutil.Process(driver.pid).children(recursive=True)}
+    assert pids and pids <= own, (pids, own)
     for pid in pids:
         os.kill(pid, signal.SIGKILL)
     output = driver.finish(timeout=300)

@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 import tomllib
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
+
 # Top-level folders and the import name each installs as (pyproject's package-dir).
 PACKAGE_DIRS = {"data": "leukotune.data", "models": "leukotune.models", "tuner": "leukotune.tuner"}
 

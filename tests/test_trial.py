@@ -1,9 +1,6 @@
 """The one training loop, run locally (LocalSession) and through Ray Train (`leukotune train`)."""
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -20,8 +17,7 @@ from leukotune.tuner.train.checkpoints import (
 from leukotune.tuner.train.loop import run_training
 from leukotune.tuner.train.sessions import LocalSession
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SMOKE = REPO_ROOT / "studies" / "smoke.yaml"
+from conftest import SMOKE, run_leukotune
 
 
 @pytest.fixture
@@ -88,14 +84,11 @@ def test_cnn_trains_on_the_real_sample(cnmc_sample, tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_leukotune_train_runs_through_ray_train(tmp_path):
-    env = {**os.environ, "LEUKOTUNE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO_ROOT)}
-    env.pop("RAY_ADDRESS", None)
-    result = subprocess.run(
-        [sys.executable, "-m", "leukotune.tuner.cli", "train", "--config", str(SMOKE), "--set", "train.epochs=2",
-         "--set", "data.synthetic.subjects=8", "--set", "data.synthetic.cells_per_subject=10",
-         "--set", f"storage_path={tmp_path / 'runs'}"],
-        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+def test_leukotune_train_runs_through_ray_train(tmp_path, env):
+    result = run_leukotune(
+        ["train", "--config", str(SMOKE), "--set", "train.epochs=2", "--set", "data.synthetic.subjects=8",
+         "--set", "data.synthetic.cells_per_subject=10", "--set", f"storage_path={tmp_path / 'runs'}"],
+        tmp_path, env, timeout=300)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     assert "final metrics" in result.stdout and "val_f1_weighted" in result.stdout
     checkpoint = Path(result.stdout.split("best epoch): ")[1].split()[0])
