@@ -23,6 +23,7 @@ from urllib.parse import urlparse
 from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
+from leukotune.tuner.cluster.ray_cluster import ClusterError, gcs_endpoint, probe
 from leukotune.tuner.config import StudyConfig
 from leukotune.tuner.tracking.client import redact
 
@@ -45,8 +46,6 @@ FORWARDED_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_TRACKING_USERNAME", "MLFLOW_TRAC
                  "MLFLOW_TRACKING_TOKEN")
 
 
-class ClusterError(RuntimeError):
-    """The cluster cannot be reached or refused a request; the message is one line a user can act on."""
 # ---------------------------------------------------------------- connecting
 
 
@@ -79,8 +78,15 @@ def auth_headers() -> dict[str, str]:
 
 
 def check_port_open(address: str, timeout_s: float = 5.0) -> None:
-    """Fail in seconds, not at the HTTP client's (absent) timeout, when nothing listens at an http(s) address."""
+    """Fail in seconds, not at the HTTP client's (absent) timeout, when nothing answers at the address."""
     parsed = urlparse(address)
+    if address != "auto" and "://" not in address:
+        # A bare HOST:PORT is a GCS address, which Ray's client would otherwise dial for ever.
+        reason = probe(gcs_endpoint(address), timeout_s)
+        if reason is not None:
+            raise ClusterError(f"no Ray cluster answers at {address}: {reason}; is it up? (the dashboard address, "
+                               f"http://HOST:8265, also works)")
+        return
     if parsed.scheme not in ("http", "https") or not parsed.hostname:
         return
     port = parsed.port or (443 if parsed.scheme == "https" else 80)
