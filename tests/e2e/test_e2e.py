@@ -20,14 +20,17 @@ import pytest
 
 from e2e.servers import Background, RayCluster, free_port, ray_env, start, start_ray_head, wait_http, write_token
 
+from conftest import REPO_ROOT
+
 pytestmark = pytest.mark.e2e
 
-REPO_ROOT = Path(__file__).resolve().parents[2]
 SAMPLE = REPO_ROOT.parent / "shared" / "cnmc-sample"
 ARTIFACTS = REPO_ROOT / "e2e-artifacts"
 LEUKOTUNE = str(Path(sys.executable).parent / "leukotune")
 EXPERIMENT = "leukotune-smoke"  # studies/smoke.yaml's tracking.experiment
 MODEL_URI = f"models:/{EXPERIMENT}@champion"
+METRIC = "best_val_f1_weighted"  # the smoke study's metric, as its trials and the study run log it
+TRAINING_VIEW = "workflowType=machine_learning"  # MLflow 3.17's UI opens its GenAI view without it
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking",
                   "--disable-component-update", "--disable-sync", "--no-first-run"]
 
@@ -140,6 +143,57 @@ def test_promote_then_predict_from_the_registry(stack, submitted, tmp_path):
 
 
 def test_mlflow_ui_lists_the_runs(stack, submitted, tmp_path):
+    browser = _require_chromium()
+    experiment_id = stack.rest("experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]["experiment_id"]
+    runs = _runs(stack, experiment_id)
+    parent = next(r for r in runs if _tag(r, "leukotune.kind") == "study")
+    trials = [r for r in runs if _tag(r, "leukotune.kind") == "trial"]
+    ARTIFACTS.mkdir(exist_ok=True)
+
+    # The experiment's runs page in the training view: the study's run, its trials nested (collapsed), all counted.
+    page = f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+    text = _page(browser, page, tmp_path, "mlflow-runs")
+    assert "Model registry" in text and "Evaluation runs" not in text, text[:2000]  # the training view's menu
+    assert parent["info"]["run_name"] in text and f"{len(runs)} matching runs" in text, text[:2000]
+
+    # Sorted by the study metric, as a user sorts the table: the winner first, every run naming its dataset.
+    page = (f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW}"
+            f"&orderByKey=metrics.%60{METRIC}%60&orderByAsc=false")
+    text = _page(browser, page, tmp_path, "mlflow-runs-by-metric")
+    assert f"Sort: {METRIC}" in text and "synthetic-cnmc-train" in text, text[:2000]
+    winner = f"trial-{_tag(parent, 'leukotune.best_trial_id')}"
+    others = [t["info"]["run_name"] for t in trials if t["info"]["run_name"] != winner]
+    assert all(text.index(winner) < text.index(name) for name in others), text[:2000]
+
+    # Each trial's own page: its name and metrics, not an "Evaluation"; then its plots, drawn.
+    for number, trial in enumerate(trials):
+        url = f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs/{trial['info']['run_id']}?{TRAINING_VIEW}"
+        text = _visible_text(_chromium(browser, url, tmp_path, "--dump-dom"))
+        assert trial["info"]["run_name"] in text and METRIC in text and "Evaluations" not in text, text[:2000]
+        for plot in ("confusion_matrix", "learning_curves"):
+            url = (f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs/{trial['info']['run_id']}/artifacts/"
+                   f"plots/{plot}.png?{TRAINING_VIEW}")
+            dom = _chromium(browser, url, tmp_path, "--dump-dom")
+            assert f'<img alt="plots/{plot}.png"' in dom, _visible_text(dom)[:2000]
+            if number == 0:
+                _page(browser, url, tmp_path, f"mlflow-trial-{plot}")
+
+
+def test_mlflow_ui_shows_the_promoted_model_with_its_data(stack, submitted, tmp_path):
+    browser = _require_chromium()
+    promoted = stack.leukotune("promote", "--experiment", EXPERIMENT)  # registers once; a second call reuses it
+    assert promoted.returncode == 0, promoted.stderr
+    version = stack.rest("registered-models/alias", name=EXPERIMENT, alias="champion")["model_version"]
+    experiment_id = stack.rest("experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]["experiment_id"]
+    parent = next(r for r in _runs(stack, experiment_id) if _tag(r, "leukotune.kind") == "study")
+    page = f"{stack.mlflow_url}/#/models/{EXPERIMENT}/versions/{version['version']}?{TRAINING_VIEW}"
+    text = _page(browser, page, tmp_path, "mlflow-model-version")
+    assert f"Version {version['version']}" in text and "champion" in text, text[:2000]
+    # The version names the data it was trained on, by the same digest as the study's dataset inputs.
+    assert "leukotune.dataset_digest" in text and _tag(parent, "leukotune.data_fingerprint") in text, text[:2000]
+
+
+def _require_chromium() -> str:
     browser = _find_chromium()
     if browser is None:
         message = "Chromium not found (install Debian's `chromium`: apt-get install -y chromium)"
@@ -147,26 +201,18 @@ def test_mlflow_ui_lists_the_runs(stack, submitted, tmp_path):
         if os.environ.get("CI"):
             pytest.fail(message)
         pytest.skip(message)
-    experiment_id = stack.rest("experiments/get-by-name", experiment_name=EXPERIMENT)["experiment"]["experiment_id"]
-    runs = _runs(stack, experiment_id)
-    parent = next(r for r in runs if _tag(r, "leukotune.kind") == "study")
-    trials = [r for r in runs if _tag(r, "leukotune.kind") == "trial"]
-    ARTIFACTS.mkdir(exist_ok=True)
+    return browser
 
-    # The experiment's runs page: the study's run, its trials nested (collapsed) under it, all counted.
-    page = f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs"
-    screenshot = _chromium(browser, page, tmp_path, "--screenshot", tmp_path / "mlflow-runs.png")
+
+def _page(browser: str, url: str, tmp_path: Path, name: str) -> str:
+    """A page's screenshot and visible text, both kept in e2e-artifacts/ (CI uploads them); returns the text."""
+    ARTIFACTS.mkdir(exist_ok=True)
+    screenshot = _chromium(browser, url, tmp_path, "--screenshot", tmp_path / f"{name}.png")
     assert screenshot.stat().st_size > 20_000  # a rendered page, not a blank one
     shutil.copy(screenshot, ARTIFACTS / screenshot.name)
-    text = _visible_text(_chromium(browser, page, tmp_path, "--dump-dom"))
-    (ARTIFACTS / "mlflow-runs.txt").write_text(text)
-    assert parent["info"]["run_name"] in text and f"{len(runs)} matching runs" in text, text[:2000]
-
-    # Each trial's own page, by name, with its metrics.
-    for trial in trials:
-        url = f"{stack.mlflow_url}/#/experiments/{experiment_id}/runs/{trial['info']['run_id']}"
-        text = _visible_text(_chromium(browser, url, tmp_path, "--dump-dom"))
-        assert trial["info"]["run_name"] in text and "best_val_f1_weighted" in text, text[:2000]
+    text = _visible_text(_chromium(browser, url, tmp_path, "--dump-dom"))
+    (ARTIFACTS / f"{name}.txt").write_text(text)
+    return text
 
 
 def _chromium(browser: str, url: str, tmp_path: Path, mode: str, screenshot: Path | None = None):

@@ -32,6 +32,13 @@ TAG_FINGERPRINT = "leukotune.data_fingerprint"
 TAG_EARLY_STOP = "leukotune.stopped_early"
 TAG_ORPHANED = "leukotune.orphaned"
 PARENT_TAG = "mlflow.parentRunId"
+# MLflow 3's UI picks an experiment's view from this tag: without it a study opens in the GenAI view
+# ("Evaluation runs"); `custom_model_development` is its model-training kind.
+TAG_EXPERIMENT_KIND = "mlflow.experimentKind"
+EXPERIMENT_KIND_TRAINING = "custom_model_development"
+# MLflow 3.17's UI itself takes its view from the `workflowType` URL parameter (else the browser's last choice of
+# its GenAI / Model training switch, GenAI at first), so the links leukotune prints carry it.
+TRAINING_VIEW_QUERY = "workflowType=machine_learning"
 
 
 class TrackingUnavailable(RuntimeError):
@@ -50,6 +57,11 @@ def default_tracking_uri() -> str:
 
 def resolve_tracking_uri(configured: str | None) -> str:
     return configured or default_tracking_uri()
+
+
+def training_view_url(server: str, experiment_id: str) -> str:
+    """The experiment's runs table in the UI's model-training view (not its GenAI view)."""
+    return f"{server.rstrip('/')}/#/experiments/{experiment_id}/runs?{TRAINING_VIEW_QUERY}"
 
 
 def redact(text: str) -> str:
@@ -132,12 +144,15 @@ class Tracker:
     def _ensure_experiment(self, name: str) -> str:
         found = self.client.get_experiment_by_name(name)
         if found is not None:
+            if found.tags.get(TAG_EXPERIMENT_KIND) != EXPERIMENT_KIND_TRAINING:  # made before this tag, or by hand
+                self.client.set_experiment_tag(found.experiment_id, TAG_EXPERIMENT_KIND, EXPERIMENT_KIND_TRAINING)
             return found.experiment_id
         location = None
         if self.uri.startswith("sqlite:///"):
             # Keep artifacts beside the database, not in a stray ./mlruns of whichever folder a worker started in.
             location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-        return self.client.create_experiment(name, artifact_location=location)
+        return self.client.create_experiment(name, artifact_location=location,
+                                             tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
 
     def find_runs(self, filter_string: str) -> list:
         return with_retries(lambda: self.client.search_runs([self.experiment_id], filter_string, max_results=5000),
