@@ -57,6 +57,10 @@ def _log_trial(tracker: Tracker, parent_id: str, name: str, f1_per_epoch: list[f
     run_id = run.info.run_id
     for epoch, value in enumerate(f1_per_epoch, 1):
         tracker.log_metrics(run_id, {"best_val_f1_weighted": value, "val_accuracy": value - 0.05}, step=epoch)
+    # The study's test evaluation of its top trials (promote gates on it): below validation, with its interval.
+    best_val = max(f1_per_epoch)
+    tracker.log_metrics(run_id, {"test_f1_weighted": best_val - 0.1, "test_f1_weighted_ci95_low": best_val - 0.2,
+                                 "test_f1_weighted_ci95_high": best_val - 0.05}, step=0)
     if with_model:
         torch.manual_seed(seed)
         channels = 1 if color == "gray" else 3
@@ -108,7 +112,8 @@ def test_promote_registers_the_best_finished_trial_and_sets_the_alias(registry, 
     client = registry["client"]
     version = client.get_model_version_by_alias("m-best", "champion")
     assert version.run_id == registry["runs"]["early_tie"]
-    assert version.source == f"runs:/{registry['runs']['early_tie']}/model"
+    logged_uri = client.get_run(version.run_id).data.tags[TAG_MODEL_URI]
+    assert logged_uri.startswith("models:/m-") and version.source == logged_uri  # registered from the LoggedModel
     assert version.tags[TAG_FINGERPRINT] == FINGERPRINT  # from the parent study run
     assert version.tags["leukotune.metric"] == "best_val_f1_weighted"
     assert float(version.tags["leukotune.metric_value"]) == pytest.approx(0.9)
@@ -155,10 +160,10 @@ def champion(registry) -> str:
 
 
 @pytest.fixture
-def images(cnmc_sample, tmp_path) -> Path:
-    """The real sample's images under nested folders, a corrupt .bmp and a text file that is not an image."""
+def images(synthetic_dataset, tmp_path) -> Path:
+    """Synthetic cells under nested folders, a corrupt .bmp and a text file that is not an image."""
     folder = tmp_path / "cells"
-    shutil.copytree(cnmc_sample / "training_data", folder / "training_data")
+    shutil.copytree(synthetic_dataset / "training_data", folder / "training_data")
     (folder / "training_data" / "corrupt.bmp").write_bytes(b"BM not really a bitmap")
     (folder / "notes.txt").write_text("ignored: not an image suffix")
     return folder
@@ -169,7 +174,8 @@ def test_predict_classifies_every_image_and_reports_the_corrupt_one(registry, ch
     assert code == 0
     result = json.loads(capsys.readouterr().out)
     rows = result["predictions"]
-    assert len(rows) == 61 and result["classified"] == 60 and result["errors"] == 1
+    cells = len(list(images.rglob("*.bmp"))) - 1
+    assert cells > 0 and len(rows) == cells + 1 and result["classified"] == cells and result["errors"] == 1
     bad = [r for r in rows if "error" in r]
     assert bad[0]["file"].endswith("corrupt.bmp")
     good = [r for r in rows if "error" not in r]
@@ -178,16 +184,16 @@ def test_predict_classifies_every_image_and_reports_the_corrupt_one(registry, ch
     assert result["version"].startswith("version ")
 
 
-def test_predict_table_output_and_tta(registry, champion, cnmc_sample, capsys):
-    files = sorted((cnmc_sample / "training_data").rglob("*.bmp"))[:3]
+def test_predict_table_output_and_tta(registry, champion, synthetic_dataset, capsys):
+    files = sorted((synthetic_dataset / "training_data").rglob("*.bmp"))[:3]
     assert main(["predict", "--model", champion, *map(str, files), "--tta", "--tracking-uri", registry["uri"]]) == 0
     out = capsys.readouterr().out.splitlines()
     assert out[0].split() == ["file", "class", "p_all"] and len(out) == 4
 
 
-def test_tta_is_the_mean_over_the_four_rotations(registry, champion, cnmc_sample):
+def test_tta_is_the_mean_over_the_four_rotations(registry, champion, synthetic_dataset):
     model = predict_mod.load_model(champion, registry["uri"])
-    files = [(p, None) for p in sorted((cnmc_sample / "training_data").rglob("*.bmp"))[:4]]
+    files = [(p, None) for p in sorted((synthetic_dataset / "training_data").rglob("*.bmp"))[:4]]
     plain = predict_mod.predict_files(model, files, tta=False)
     tta = predict_mod.predict_files(model, files, tta=True, batch_size=3)  # batches must not change results
     batch = torch.stack([predict_mod.read_input(p, model.preprocessing) for p, _ in files])
@@ -199,7 +205,7 @@ def test_tta_is_the_mean_over_the_four_rotations(registry, champion, cnmc_sample
     assert [r.p_all for r in plain] != pytest.approx([r.p_all for r in tta], abs=1e-9)
 
 
-def test_preprocessing_comes_from_the_model_and_weights_load_without_unpickling(registry, cnmc_sample,
+def test_preprocessing_comes_from_the_model_and_weights_load_without_unpickling(registry, synthetic_dataset,
                                                                                monkeypatch):
     calls = []
     real_load = torch.load
@@ -209,10 +215,11 @@ def test_preprocessing_comes_from_the_model_and_weights_load_without_unpickling(
         return real_load(*args, **kwargs)
 
     monkeypatch.setattr(predict_mod.torch, "load", spy)
-    gray = predict_mod.load_model(f"runs:/{registry['runs']['gray']}/model", registry["uri"])
+    gray_uri = registry["client"].get_run(registry["runs"]["gray"]).data.tags[TAG_MODEL_URI]  # models:/<model_id>
+    gray = predict_mod.load_model(gray_uri, registry["uri"])
     assert calls == [True]
     assert gray.preprocessing["color"] == "gray" and gray.preprocessing["mean"] == [0.6]
-    rows = predict_mod.predict_files(gray, [(next((cnmc_sample / "training_data").rglob("*.bmp")), None)])
+    rows = predict_mod.predict_files(gray, [(next((synthetic_dataset / "training_data").rglob("*.bmp")), None)])
     assert rows[0].error is None  # a 1-channel network fed 1-channel input, decided by the metadata alone
 
 

@@ -1,18 +1,16 @@
 """`leukotune predict`: classify cell images with a registered model, preprocessed exactly as it was trained.
 
-The model comes only from the tracking server (a `models:/` or `runs:/` URI) and is never unpickled: the
-network is rebuilt from the registry name and builder kwargs in the MLmodel's `metadata.leukotune` block, and the
+The model comes only from the tracking server (`models:/NAME@alias`, `models:/NAME/N`, a LoggedModel's
+`models:/<model_id>`, or an older study's `runs:/<id>/model`) and is never unpickled: the network is rebuilt from the registry name and builder kwargs in the MLmodel's `metadata.leukotune` block, and the
 plain state dict beside it is read with `torch.load(weights_only=True)`.
 """
 from __future__ import annotations
 
-import contextlib
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Iterable, Iterator
 
-import mlflow
 import mlflow.artifacts
 import numpy as np
 import torch
@@ -24,6 +22,7 @@ from torch import nn
 from leukotune.data.images import read_image
 from leukotune.models import get_model
 from leukotune.tuner.config import ConfigError
+from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri
 from leukotune.tuner.tracking.client import check_reachable, redact
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
@@ -67,26 +66,12 @@ def check_model_uri(model_uri: str) -> None:
     """Only registry or run URIs: a local path or bucket would bypass the tracking server's records."""
     if not model_uri.startswith(MODEL_SCHEMES):
         raise ConfigError(f"--model {model_uri!r}: give a model from the tracking server, e.g. "
-                          f"models:/leukotune-<experiment>@champion (or runs:/<run_id>/model)")
-
-
-@contextlib.contextmanager
-def _process_tracking_uri(uri: str) -> Iterator[None]:
-    # MLflow 3.17 resolves `models:/` URIs with the process-wide registry URI, ignoring the one passed to
-    # download_artifacts; set both for the download and put the previous ones back.
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
-    mlflow.set_tracking_uri(uri)
-    mlflow.set_registry_uri(uri)
-    try:
-        yield
-    finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+                          f"models:/leukotune-<experiment>@champion (or a logged model, models:/<model_id>)")
 
 
 def download_model(model_uri: str, tracking_uri: str, destination: Path) -> Path:
     try:
-        with _process_tracking_uri(tracking_uri):
+        with process_tracking_uri(tracking_uri):
             return Path(mlflow.artifacts.download_artifacts(artifact_uri=model_uri, dst_path=str(destination),
                                                             tracking_uri=tracking_uri, registry_uri=tracking_uri))
     except MlflowException as exc:
@@ -147,12 +132,16 @@ def load_model(model_uri: str, tracking_uri: str) -> LoadedModel:
 
 
 def describe_version(model_uri: str, tracking_uri: str) -> str | None:
-    """`version N (run R)` for a `models:/NAME@alias` or `models:/NAME/N` URI; None when it cannot be told."""
+    """`version N (run R)` for a `models:/NAME@alias` or `models:/NAME/N` URI, `logged model M (run R)` for
+    `models:/<model_id>`; None when it cannot be told."""
     if not model_uri.startswith("models:/"):
         return None
     name_part = model_uri[len("models:/"):]
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
+        if logged_model_id(model_uri):
+            logged = client.get_logged_model(name_part)
+            return f"logged model {logged.model_id} (run {logged.source_run_id})"
         if "@" in name_part:
             name, alias = name_part.rsplit("@", 1)
             version = client.get_model_version_by_alias(name, alias)

@@ -1,4 +1,5 @@
-"""What a finished trial leaves in MLflow besides numbers: the model, a confusion matrix and learning curves."""
+"""What a finished trial leaves in MLflow besides numbers: a confusion matrix, learning curves, and (for the
+study's top trials) the model as an MLflow 3 LoggedModel."""
 from __future__ import annotations
 
 import tempfile
@@ -9,7 +10,8 @@ import matplotlib.pyplot as plt
 import mlflow.pytorch
 import numpy as np
 import torch
-from mlflow.models import infer_signature
+from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
+from mlflow.models import Model, infer_signature
 
 from leukotune.models import get_model
 from leukotune.tuner.metrics import CLASS_NAMES, confusion_from_metrics
@@ -39,7 +41,8 @@ def rebuild_model(best: dict[str, Any]):
 
 
 def confusion_figure(cm: np.ndarray, title: str):
-    fig, ax = plt.subplots(figsize=(3.6, 3.2))
+    """Counts per (true, predicted) class; `title` names the trial, the split and the epoch."""
+    fig, ax = plt.subplots(figsize=(3.8, 3.6))
     ax.imshow(cm, cmap="Blues")
     for (i, j), count in np.ndenumerate(cm):
         ax.text(j, i, str(count), ha="center", va="center", color="black")
@@ -52,47 +55,76 @@ def confusion_figure(cm: np.ndarray, title: str):
     return fig
 
 
-def curves_figure(history: list[dict[str, Any]], metric: str):
+def curves_figure(history: list[dict[str, Any]], metric: str, title: str = "learning curves"):
+    """Loss and accuracy per epoch on the train and val sides; `title` names the trial."""
     epochs = [h["epoch"] for h in history]
-    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(7, 3))
+    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(7.5, 3.4))
     for key in ("train_loss", "val_loss"):
         loss_ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
     for key in ("train_accuracy", "val_accuracy", metric):
         metric_ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
+    loss_ax.set_title("loss per epoch (train, val)", fontsize=9)
+    metric_ax.set_title(f"accuracy and {metric} per epoch", fontsize=9)
     for ax in (loss_ax, metric_ax):
         ax.set_xlabel("epoch")
+        ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
         ax.legend(fontsize=7)
+    fig.suptitle(title, fontsize=10)
     fig.tight_layout()
     return fig
 
 
-def log_trial_artifacts(tracker, run_id: str, checkpoint_dir: Path, metric: str, log_model: bool) -> str | None:
-    """Confusion matrix and curves as images, the best model as an MLflow PyTorch model; returns the model URI."""
+def log_trial_artifacts(tracker, run_id: str, checkpoint_dir: Path, metric: str) -> None:
+    """Confusion matrix and curves as images, the best epoch and resolved config as JSON (cheap: every trial)."""
     best = load_best(checkpoint_dir)
     history = load_history(checkpoint_dir)
     cm = confusion_from_metrics(best["metrics"])
-    for figure, name in ((confusion_figure(cm, f"best epoch {best['epoch']}"), "plots/confusion_matrix.png"),
-                         (curves_figure(history, metric), "plots/learning_curves.png")):
+    trial = with_retries(lambda: tracker.client.get_run(run_id), "read run", log=tracker.log).info.run_name
+    figures = ((confusion_figure(cm, f"{trial}\nval split, best epoch {best['epoch']}"), "plots/confusion_matrix.png"),
+               (curves_figure(history, metric, f"{trial}: learning curves"), "plots/learning_curves.png"))
+    for figure, name in figures:
         tracker.log_figure(run_id, figure, name)
         plt.close(figure)
     tracker.log_json(run_id, {"best_epoch": best["epoch"], "metrics": best["metrics"],
                               "preprocessing": best["preprocessing"]}, "best_epoch.json")
     tracker.log_json(run_id, best["config"], "config/resolved.json")
-    if not log_model:
-        return None
-    return log_pytorch_model(tracker, run_id, best)
 
 
 STATE_DICT_FILE = "state_dict.pt"
+MODEL_TYPE = "leukotune-classifier"
 
 
-def log_pytorch_model(tracker, run_id: str, best: dict[str, Any]) -> str:
-    """Log the model (signature, input example, trained-with preprocessing as metadata) at `runs:/<id>/model`.
+def log_pytorch_model(tracker, run_id: str, best: dict[str, Any], name: str = "model",
+                      tags: dict[str, str] | None = None) -> str:
+    """Log the best epoch's network as a LoggedModel whose source is `run_id`; returns `models:/<model_id>`.
 
-    A plain state dict rides along as an extra file so `leukotune predict` can rebuild the network from the
-    registry and load weights with `weights_only=True`, never unpickling a module from a server.
+    The MLmodel carries the signature, an input example and the trained-with preprocessing as metadata; a plain
+    state dict rides along as an extra file so `leukotune predict` rebuilds the network from the registry and loads
+    weights with `weights_only=True`, never unpickling a module from a server. The client API, not the fluent
+    `mlflow.pytorch.log_model`: that one resolves the experiment and server from process globals, which a
+    background thread of the driver must not rely on.
     """
+    client = tracker.client
+    params = {"model_name": best["model_name"], **{k: str(v) for k, v in best["model_kwargs"].items()}}
+    logged = with_retries(lambda: client.create_logged_model(
+        tracker.experiment_id, name=name, source_run_id=run_id, tags=tags, params=params, model_type=MODEL_TYPE),
+        "create logged model", log=tracker.log)
+    try:
+        with tempfile.TemporaryDirectory(prefix="leukotune-model-") as tmp:
+            target = save_model_files(best, logged, run_id, Path(tmp))
+            with_retries(lambda: client.log_model_artifacts(logged.model_id, str(target)), "log model",
+                         log=tracker.log)
+        link_best_metrics(tracker, run_id, logged.model_id, best)
+    except BaseException:
+        client.finalize_logged_model(logged.model_id, LoggedModelStatus.FAILED)
+        raise
+    with_retries(lambda: client.finalize_logged_model(logged.model_id, LoggedModelStatus.READY), "finalize model",
+                 log=tracker.log)
+    return f"models:/{logged.model_id}"
 
+
+def save_model_files(best: dict[str, Any], logged, run_id: str, folder: Path) -> Path:
+    """The MLflow PyTorch model folder of `best`, stamped with the LoggedModel's id, written under `folder`."""
     model = rebuild_model(best)
     prep = best["preprocessing"]
     channels = 1 if prep["color"] == "gray" else 3
@@ -103,12 +135,29 @@ def log_pytorch_model(tracker, run_id: str, best: dict[str, Any]) -> str:
     metadata = {"leukotune": {"preprocessing": prep, "model_name": best["model_name"],
                               "model_kwargs": best["model_kwargs"], "best_epoch": best["epoch"],
                               "class_names": ["hem", "all"], "state_dict": f"extra_files/{STATE_DICT_FILE}"}}
-    with tempfile.TemporaryDirectory(prefix="leukotune-model-") as tmp:
-        weights = Path(tmp) / STATE_DICT_FILE
-        torch.save(model.state_dict(), weights)
-        target = Path(tmp) / "model"
-        mlflow.pytorch.save_model(model, str(target), signature=infer_signature(example, output),
-                                  input_example=example, metadata=metadata, extra_files=[str(weights)],
-                                  pip_requirements=MODEL_REQUIREMENTS)
-        with_retries(lambda: tracker.client.log_artifacts(run_id, str(target), "model"), "log model", log=tracker.log)
-    return f"runs:/{run_id}/model"
+    weights = folder / STATE_DICT_FILE
+    torch.save(model.state_dict(), weights)
+    target = folder / "model"
+    stamp = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
+                  model_id=logged.model_id)
+    mlflow.pytorch.save_model(model, str(target), mlflow_model=stamp, signature=infer_signature(example, output),
+                              input_example=example, metadata=metadata, extra_files=[str(weights)],
+                              pip_requirements=MODEL_REQUIREMENTS)
+    return target
+
+
+def link_best_metrics(tracker, run_id: str, model_id: str, best: dict[str, Any]) -> None:
+    """The model is the run's output at its best epoch, and the run's metrics of that epoch are linked to it.
+
+    As MLflow's own `Model.log` does: each value the run holds at that step is logged again with its own timestamp
+    and `model_id`; MLflow stores the link and drops the repeat, so the run keeps one value per epoch.
+    """
+    step = int(best["epoch"])
+    client = tracker.client
+    keys = with_retries(lambda: client.get_run(run_id).data.metrics.keys(), "read run", log=tracker.log)
+    history = [m for key in keys for m in with_retries(lambda key=key: client.get_metric_history(run_id, key),
+                                                       "read metric history", log=tracker.log)]
+    metrics = [Metric(m.key, m.value, m.timestamp, m.step, model_id=model_id) for m in history if m.step == step]
+    with_retries(lambda: client.log_outputs(run_id, [LoggedModelOutput(model_id, step=step)]), "link model",
+                 log=tracker.log)
+    with_retries(lambda: client.log_batch(run_id, metrics=metrics), "link model metrics", log=tracker.log)

@@ -10,7 +10,8 @@ from typing import Any, Callable
 
 from ray import tune
 
-from leukotune.tuner.tracking.artifacts import log_trial_artifacts
+from leukotune.tuner.metrics import ranking_key
+from leukotune.tuner.tracking.artifacts import load_best, log_pytorch_model, log_trial_artifacts
 from leukotune.tuner.tracking.client import (
     PARENT_TAG,
     TAG_EARLY_STOP,
@@ -23,6 +24,7 @@ from leukotune.tuner.tracking.client import (
     Tracker,
     numeric_metrics,
 )
+from leukotune.tuner.tracking.datasets import log_dataset_inputs, run_dataset_inputs
 
 OPEN_STATES = ("RUNNING", "SCHEDULED")
 
@@ -69,15 +71,16 @@ class TrialRecorder:
     """One MLflow child run per trial, written from the driver."""
 
     def __init__(self, tracker: Tracker, parent_run_id: str, study_id: str, metric: str, epochs: int,
-                 log_models: bool = True, log: Callable[[str], None] = print):
+                 log_models: int | str = 3, log: Callable[[str], None] = print, mode: str = "max"):
         self.tracker, self.parent_run_id, self.study_id = tracker, parent_run_id, study_id
-        self.metric, self.epochs, self.log_models, self.log = metric, epochs, log_models, log
+        self.metric, self.epochs, self.log_models, self.log, self.mode = metric, epochs, log_models, log, mode
         self.run_ids: dict[str, str] = {}
         self.logged_step: dict[str, int] = {}
         self.last_epoch: dict[str, int] = {}
         self.closed: set[str] = set()
         self.trials: list = []
         self.background = BackgroundLogger(log)
+        self._datasets: list | None = None  # the study run's dataset inputs, read once
 
     # ------------------------------------------------------------ runs
     def run_for(self, trial) -> str:
@@ -85,7 +88,7 @@ class TrialRecorder:
         trial_id = trial.trial_id
         if trial_id in self.run_ids:
             return self.run_ids[trial_id]
-        found = self.tracker.find_runs(f"tags.`{TAG_STUDY}` = '{self.study_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'")
+        found = self._runs_of_trial(trial_id)
         if found:
             run_id = found[0].info.run_id
             self.tracker.client.update_run(run_id, "RUNNING")
@@ -94,9 +97,19 @@ class TrialRecorder:
             tags = {PARENT_TAG: self.parent_run_id, TAG_STUDY: self.study_id, TAG_TRIAL: trial_id, TAG_KIND: "trial"}
             run_id = self.tracker.create_run(f"trial-{trial_id}", tags)
             self.logged_step[run_id] = 0
+            log_dataset_inputs(self.tracker, run_id, self.study_datasets())
         self.tracker.log_params(run_id, dict(trial.config))
         self.run_ids[trial_id] = run_id
         return run_id
+
+    def _runs_of_trial(self, trial_id: str) -> list:
+        return self.tracker.find_runs(f"tags.`{TAG_STUDY}` = '{self.study_id}' and tags.`{TAG_TRIAL}` = '{trial_id}'")
+
+    def study_datasets(self) -> list:
+        """Every trial trains on its study's data: the parent run's dataset inputs are copied to each trial run."""
+        if self._datasets is None:
+            self._datasets = run_dataset_inputs(self.tracker, self.parent_run_id)
+        return self._datasets
 
     def record_result(self, trial, result: dict) -> None:
         run_id = self.run_for(trial)
@@ -126,9 +139,7 @@ class TrialRecorder:
     def _finish(self, run_id: str, checkpoint_dir: Path | None) -> None:
         try:
             if checkpoint_dir is not None:
-                uri = log_trial_artifacts(self.tracker, run_id, checkpoint_dir, self.metric, self.log_models)
-                if uri:
-                    self.tracker.set_tags(run_id, {TAG_MODEL_URI: uri})
+                log_trial_artifacts(self.tracker, run_id, checkpoint_dir, self.metric)
         finally:
             # The trial did finish: a failed upload is reported, but must not leave the run RUNNING.
             self.tracker.end_run(run_id, "FINISHED")
@@ -138,6 +149,31 @@ class TrialRecorder:
             self.tracker.log_text(run_id, Path(error_file).read_text()[-20000:], "error.txt")
         self.tracker.end_run(run_id, "FAILED")
 
+    # ------------------------------------------------------------ models
+    def log_top_models(self) -> None:
+        """Queue the models of the study's top `log_models` trials (by the study metric) for the background thread.
+
+        Only these are exported, once the study is done: an export per trial end took CPU from running trials.
+        """
+        chosen = top_trials(self.trials, self.metric, self.mode, self.log_models)
+        if chosen:
+            self.log(f"logging the models of the top {len(chosen)} trial(s) by {self.metric}: "
+                     f"{', '.join(t.trial_id for t in chosen)}")
+        for trial in chosen:
+            self.background.submit(self._log_model, trial.trial_id, checkpoint_dir_of(trial))
+
+    def _log_model(self, trial_id: str, checkpoint_dir: Path | None) -> None:
+        found = self._runs_of_trial(trial_id)
+        if not found or checkpoint_dir is None:
+            self.log(f"WARNING: no model logged for trial {trial_id}: its {'checkpoint' if found else 'run'} is gone")
+            return
+        run = found[0]
+        if run.data.tags.get(TAG_MODEL_URI, "").startswith("models:/"):
+            return  # logged before the study was resumed
+        tags = {TAG_STUDY: self.study_id, TAG_TRIAL: trial_id}
+        uri = log_pytorch_model(self.tracker, run.info.run_id, load_best(checkpoint_dir), f"trial-{trial_id}", tags)
+        self.tracker.set_tags(run.info.run_id, {TAG_MODEL_URI: uri})
+
     def _retire_orphan(self, run_id: str) -> None:
         """A run whose trial Tune never recorded: it started after the last state snapshot before the driver died,
         and the resumed study ran its slot as a new trial. Closed as KILLED, tagged, and soft-deleted (restorable
@@ -146,11 +182,12 @@ class TrialRecorder:
         self.tracker.set_tags(run_id, {TAG_ORPHANED: "true"})
         self.tracker.client.delete_run(run_id)
 
-    def close(self) -> dict[str, int]:
-        """Wait for uploads, then settle every run of this study still open, by what Tune says of its trial.
+    def close(self, export_models: bool = False) -> dict[str, int]:
+        """Wait for uploads, then settle every run of this study still open, by what Tune says of its trial;
+        with `export_models` (a complete study), then log the top trials' models (see `log_top_models`).
 
         A trial that finished just before the driver died is TERMINATED in Tune's state but its run may still be
-        RUNNING: it is finished properly now (model and plots from its checkpoint). Trials cut short are KILLED.
+        RUNNING: it is finished properly now (plots from its checkpoint). Trials cut short are KILLED.
         Runs of trials Tune never recorded are retired (see `_retire_orphan`).
         """
         self.background.drain()
@@ -172,6 +209,8 @@ class TrialRecorder:
             else:
                 self.tracker.end_run(run_id, "KILLED")
                 killed += 1
+        if export_models:
+            self.log_top_models()
         self.background.close()
         _RECORDERS.pop(self.study_id, None)
         return {"killed": killed}
@@ -184,6 +223,17 @@ def checkpoint_dir_of(trial) -> Path | None:
         return Path(checkpoint.path)
     path = (getattr(trial, "last_result", None) or {}).get("checkpoint_path")
     return Path(path) if path and Path(path).is_dir() else None
+
+
+def top_trials(trials: list, metric: str, mode: str, keep: int | str) -> list:
+    """The finished trials whose models are kept: the best `keep` (an int, or "all") by `best_<metric>`, ties to
+    the smaller trial id as on the leaderboard; trials without a finite value have no best model to keep."""
+    def value(trial) -> Any:
+        return (getattr(trial, "last_result", None) or {}).get(f"best_{metric}")
+
+    finished = [t for t in trials if t.status == "TERMINATED" and not ranking_key(value(t), mode)[0]]
+    ranked = sorted(finished, key=lambda t: (*ranking_key(value(t), mode), t.trial_id))
+    return ranked if keep == "all" else ranked[:int(keep)]
 
 
 def trial_summary(trial, metric: str) -> dict[str, Any]:
