@@ -18,6 +18,11 @@ from .registry import list_models as list_models
 from .registry import register_model as register_model
 from .registry import validate_model_kwargs as validate_model_kwargs
 from .transfer import TransferNet as TransferNet
+from .weights import WeightsDownloadError as WeightsDownloadError
 from .weights import WeightsFileError as WeightsFileError
 from .weights import WeightsNotFoundError as WeightsNotFoundError
+from .weights import default_weights_dir as default_weights_dir
+from .weights import fetch_imagenet_weights as fetch_imagenet_weights
+from .weights import imagenet_archs as imagenet_archs
+from .weights import imagenet_weights as imagenet_weights
 from .weights import resolve_weights_path as resolve_weights_path

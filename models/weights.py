@@ -1,14 +1,20 @@
-"""Offline ImageNet weights for the transfer backbones: find a file on disk, check it, load it. Never download.
+"""ImageNet weights for the transfer backbones: find a file on disk, check it, load it; fetch it on request.
 
-Training nodes have no internet, so ``weights="imagenet"`` means "torchvision's file, already copied here".
-The file name comes from torchvision's weight enums so it matches what ``torch.hub`` itself would cache.
+Training nodes may have no internet, so ``weights="imagenet"`` means "torchvision's file, already here"; a study
+never downloads. ``fetch_imagenet_weights`` (the `leukotune weights fetch` command) is the one place that does,
+run by a person beforehand. The file name comes from torchvision's weight enums so it matches what ``torch.hub``
+itself would cache, and carries the SHA-256 prefix the download is checked against.
 """
 from __future__ import annotations
 
+import hashlib
+import http.client
 import os
 import pickle
 from pathlib import Path
 from typing import Any
+from urllib.error import URLError
+from urllib.parse import urlparse
 
 import torch
 from torch import nn
@@ -18,9 +24,13 @@ from .registry import UnknownModelError
 
 __all__ = [
     "WEIGHTS_DIR_ENV",
+    "WeightsDownloadError",
     "WeightsFileError",
     "WeightsNotFoundError",
     "arch_env_var",
+    "default_weights_dir",
+    "fetch_imagenet_weights",
+    "imagenet_archs",
     "imagenet_normalization",
     "imagenet_weights",
     "load_backbone_weights",
@@ -47,6 +57,15 @@ class WeightsNotFoundError(FileNotFoundError):
 
 class WeightsFileError(ValueError):
     """A weights file exists but cannot be used (truncated, corrupt, not tensors, or the wrong architecture)."""
+
+
+class WeightsDownloadError(RuntimeError):
+    """`fetch_imagenet_weights` could not download a file, or refused what it got; nothing was kept."""
+
+
+def imagenet_archs() -> list[str]:
+    """Architectures with ImageNet weights (what `leukotune weights fetch` accepts)."""
+    return sorted(_IMAGENET)
 
 
 def imagenet_weights(arch: str) -> WeightsEnum:
@@ -87,8 +106,9 @@ def _not_found_message(arch: str, candidates: list[tuple[str, Path | None]]) -> 
         f"  - {what}: {'not set' if path is None else f'{path} (missing)'}" for what, path in candidates
     )
     return (
-        f"ImageNet weights for {arch} not found (leukotune never downloads). Looked in:\n{looked}\n"
-        f"To provide them: download {url} on a machine with internet and copy it to {hub_dir}/, "
+        f"ImageNet weights for {arch} not found (a study never downloads). Looked in:\n{looked}\n"
+        f"To provide them: run `leukotune weights fetch {arch}` where there is internet (it saves to {hub_dir}/, "
+        f"or to ${WEIGHTS_DIR_ENV} when set), or download {url} and copy it to {hub_dir}/, "
         f"or set {arch_env_var(arch)}=/path/to/{Path(url).name}, or set {WEIGHTS_DIR_ENV} to a directory "
         f"holding it, or pass the file path as `weights` (--weights PATH)."
     )
@@ -161,3 +181,66 @@ def load_backbone_weights(backbone: nn.Module, arch: str, weights: str | os.Path
     except RuntimeError as err:
         raise WeightsFileError(f"weights file {path} does not fit a {arch} backbone:\n{err}") from err
     return path
+
+
+# --------------------------------------------------------------------------- fetching (run by a person, never a study)
+
+def default_weights_dir() -> Path:
+    """Where `fetch_imagenet_weights` saves by default: a folder `resolve_weights_path` searches."""
+    directory = os.environ.get(WEIGHTS_DIR_ENV)
+    return Path(directory).expanduser() if directory else Path(torch.hub.get_dir()) / "checkpoints"
+
+
+def fetch_imagenet_weights(arch: str, directory: Path | None = None, url: str | None = None,
+                           progress: bool = True) -> tuple[Path, bool]:
+    """Download ``arch``'s torchvision ImageNet file into ``directory``; returns (path, downloaded).
+
+    ``url`` defaults to the one in torchvision's weight enum (a mirror may serve the same file name). The file's
+    SHA-256 must start with the hash in its name, torch.hub's check; torch.hub's `download_url_to_file` writes to a
+    temporary file beside the target and moves it into place only when the check passes, so an interrupted or
+    refused download leaves nothing behind. A file already there with the right hash is kept as it is.
+    """
+    url = url or imagenet_weights(arch).url
+    name = Path(urlparse(url).path).name
+    expected = _hash_prefix(name)
+    directory = Path(directory).expanduser() if directory else default_weights_dir()
+    target = directory / name
+    if target.is_file() and _sha256(target).startswith(expected):
+        return target, False
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+    except OSError as err:
+        raise WeightsDownloadError(f"cannot create {directory}: {err.strerror or err}") from err
+    _remove_stale_partials(target)
+    try:
+        torch.hub.download_url_to_file(url, str(target), hash_prefix=expected, progress=progress)
+    except RuntimeError as err:  # torch.hub's hash check: `invalid hash value (expected ..., got ...)`
+        raise WeightsDownloadError(
+            f"refused {url}: its SHA-256 does not start with {expected} as its name says (a download cut short, or "
+            f"a different file); nothing was saved") from err
+    except (URLError, http.client.HTTPException, OSError) as err:
+        reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
+        raise WeightsDownloadError(f"cannot download {url}: {reason}; nothing was saved") from err
+    return target, True
+
+
+def _hash_prefix(file_name: str) -> str:
+    found = torch.hub.HASH_REGEX.search(file_name)
+    if not found or not found.group(1):
+        raise WeightsDownloadError(f"{file_name} carries no hash in its name (name-<sha256 prefix>.pth), so it "
+                                   f"cannot be checked; refusing it")
+    return found.group(1)
+
+
+def _sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with path.open("rb") as handle:
+        for block in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def _remove_stale_partials(target: Path) -> None:
+    """Temporary files a killed earlier download left (torch.hub names them `<target>.<uuid>.partial`)."""
+    for stale in target.parent.glob(f"{target.name}.*.partial"):
+        stale.unlink(missing_ok=True)

@@ -12,6 +12,10 @@ from leukotune.tuner.config import ConfigError, StudyConfig, build_study
 from leukotune.tuner.preflight import check_search_space, check_storage, check_weights, summarise_data
 
 STUDY_FILE = "leukotune_study.json"
+# Written when a study completes: its outcome and leaderboard, so `--resume` can answer without starting Ray.
+RESULT_FILE = "leukotune_result.json"
+# Tune writes this when it first saves the experiment; without it there is nothing Tune could restore.
+TUNE_STATE_FILE = "tuner.pkl"
 
 
 @dataclass
@@ -24,6 +28,8 @@ class StudyPlan:
     space: dict[str, Any]
     resume: bool
     data_summary: dict[str, Any] = field(default_factory=dict)
+    # On --resume of a study that already completed: its saved outcome (see `save_result`); nothing is run.
+    finished: dict[str, Any] | None = None
 
 
 def plan_study(study: StudyConfig, resume: bool, log: Callable[[str], None] = print) -> StudyPlan:
@@ -33,6 +39,13 @@ def plan_study(study: StudyConfig, resume: bool, log: Callable[[str], None] = pr
         directory = latest_study_dir(storage, study.name)
         saved = json.loads((directory / STUDY_FILE).read_text())
         study = build_study(saved["config"])
+        finished = load_result(directory)
+        if finished is not None:
+            return StudyPlan(study=study, study_id=directory.name, directory=directory, space={}, resume=True,
+                             finished=finished)
+        if not (directory / TUNE_STATE_FILE).is_file():
+            raise ConfigError(f"--resume: study {directory.name} stopped before Tune saved any state "
+                              f"({directory / TUNE_STATE_FILE} is missing); start it again without --resume")
         log(f"resuming study {directory.name} (its saved configuration is used)")
     else:
         directory = storage / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
@@ -55,3 +68,22 @@ def save_plan(plan: StudyPlan, parent_run_id: str) -> None:
     plan.directory.mkdir(parents=True, exist_ok=True)
     payload = {"study_id": plan.study_id, "config": plan.study.to_dict(), "parent_run_id": parent_run_id}
     (plan.directory / STUDY_FILE).write_text(json.dumps(payload, indent=2, default=str))
+
+
+def save_result(directory: Path, outcome: dict[str, Any]) -> None:
+    """Record a completed study's outcome; written to a temporary file first so a kill never leaves half of it."""
+    partial = directory / f".{RESULT_FILE}.partial"
+    partial.write_text(json.dumps(outcome, indent=2, default=str))
+    partial.replace(directory / RESULT_FILE)
+
+
+def load_result(directory: Path) -> dict[str, Any] | None:
+    """The saved outcome of a completed study, or None while it is unfinished."""
+    path = directory / RESULT_FILE
+    if not path.is_file():
+        return None
+    try:
+        outcome = json.loads(path.read_text())
+    except json.JSONDecodeError as exc:
+        raise ConfigError(f"--resume: {path} is not valid JSON ({exc}); delete it to resume the study") from exc
+    return outcome if outcome.get("complete") else None

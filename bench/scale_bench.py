@@ -1,0 +1,133 @@
+"""A study of hundreds of one-second trials: does it finish cleanly, does the driver's memory stay put, and how close
+is its wall time to the ideal (the trials' own compute divided by the concurrency)?
+
+    nice .venv/bin/python bench/scale_bench.py [--trials 200] [--bare-samples 10]
+
+The trials are the smoke study's CNN at 64 px (the schema's smallest image size), one epoch on a small synthetic set, FIFO (every trial runs its one
+epoch). Two ideals are reported: from Tune's own `time_total_s` of each trial (time inside the trainable), and from
+the mean of `--bare-samples` of the sampled configurations trained alone outside Ray, times the trial count.
+"""
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+from mlflow.tracking import MlflowClient
+
+from leukotune.tuner.config import load_study, replace_train
+from leukotune.tuner.train.loop import run_training
+from leukotune.tuner.train.sessions import LocalSession
+from leukotune.tuner.tune import plan_study, run_study
+
+STUDY = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
+MIB = 1024 * 1024
+
+
+def rss_mib() -> float:
+    """This process's resident memory (Linux: /proc/self/statm counts pages)."""
+    pages = int(Path("/proc/self/statm").read_text().split()[1])
+    return pages * os.sysconf("SC_PAGE_SIZE") / MIB
+
+
+def quiet(_message: str) -> None:
+    pass
+
+
+class RssSampler(threading.Thread):
+    """The driver's resident memory every few seconds while the study runs."""
+
+    def __init__(self, every_s: float = 5.0):
+        super().__init__(daemon=True)
+        self.every_s, self.samples, self.stop = every_s, [], threading.Event()
+
+    def run(self) -> None:
+        while not self.stop.wait(self.every_s):
+            self.samples.append(rss_mib())
+
+
+def trial_times(study_dir: Path) -> tuple[list[float], float]:
+    """Tune's `time_total_s` of each trial (time spent inside the trainable), from its result.json, and the span
+    from the first trial's start to the last one's end (Ray's start and the study's closing work left out)."""
+    seconds, starts, ends = [], [], []
+    for result_file in study_dir.glob("*/result.json"):
+        lines = [line for line in result_file.read_text().splitlines() if line.strip()]
+        if lines:
+            last = json.loads(lines[-1])
+            seconds.append(float(last["time_total_s"]))
+            ends.append(float(last["timestamp"]))
+            starts.append(float(last["timestamp"]) - float(last["time_total_s"]))
+    return seconds, (max(ends) - min(starts)) if ends else 0.0
+
+
+def bare_trial_seconds(study) -> float:
+    """One trial's configuration trained alone, outside Ray, on one thread."""
+    import torch
+
+    torch.set_num_threads(1)
+    begin = time.perf_counter()
+    run_training(study, LocalSession(use_gpu="false"), log=quiet)
+    return time.perf_counter() - begin
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--trials", type=int, default=200)
+    parser.add_argument("--bare-samples", type=int, default=10)
+    args = parser.parse_args()
+    workdir = Path(tempfile.mkdtemp(prefix="leukotune-scale-"))
+    os.environ["LEUKOTUNE_CACHE_DIR"] = str(workdir / "cache")
+    os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
+    study = load_study(STUDY, [
+        "data.synthetic.subjects=8", "data.synthetic.cells_per_subject=12", "train.image_size=64",
+        "train.epochs=1", "train.batch_size=16", f"tune.num_samples={args.trials}", "tune.max_concurrent=2",
+        "tune.scheduler=fifo", "tune.space={conv_layers: {int: [2, 3]}, lr: {loguniform: [0.0001, 0.01]}}",
+        "tracking.experiment=bench-scale", "tracking.log_models=0", f"storage_path={workdir / 'runs'}"])
+    plan = plan_study(study, resume=False, log=quiet)
+    rss_start = rss_mib()
+    sampler = RssSampler()
+    sampler.start()
+    begin = time.perf_counter()
+    outcome = run_study(plan, log=quiet)
+    wall = time.perf_counter() - begin
+    sampler.stop.set()
+    rss_end = rss_mib()
+    import ray
+
+    concurrency = 2
+    ray.shutdown()
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name("bench-scale")
+    runs = client.search_runs([experiment.experiment_id], max_results=5000)
+    children = [r for r in runs if r.data.tags.get("leukotune.kind") == "trial"]
+    compute, span = trial_times(plan.directory)
+    configs = [replace_train(study, row["config"]) for row in outcome.leaderboard[: args.bare_samples]]
+    bare = [bare_trial_seconds(config) for config in configs]
+    bare_mean = sum(bare) / max(1, len(bare))
+    report = {
+        "trials": args.trials, "complete": outcome.complete, "child_runs": len(children),
+        "child_runs_running": sum(r.info.status == "RUNNING" for r in children),
+        "child_runs_finished": sum(r.info.status == "FINISHED" for r in children),
+        "wall_s": round(wall, 1),
+        "tune_trial_compute_mean_s": round(sum(compute) / max(1, len(compute)), 3),
+        "ideal_from_tune_s": round(sum(compute) / concurrency, 1),
+        "ratio_to_ideal_from_tune": round(wall / (sum(compute) / concurrency), 2) if compute else None,
+        "trials_span_s": round(span, 1),
+        "span_ratio_to_ideal_from_tune": round(span / (sum(compute) / concurrency), 2) if compute else None,
+        "bare_trial_mean_s": round(bare_mean, 3),
+        "ideal_from_bare_s": round(bare_mean * args.trials / concurrency, 1),
+        "ratio_to_ideal_from_bare": round(wall / (bare_mean * args.trials / concurrency), 2),
+        "driver_rss_mib": {"start": round(rss_start), "end": round(rss_end),
+                           "peak_sampled": round(max(sampler.samples, default=rss_end))},
+        "workdir": str(workdir),
+    }
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()
