@@ -29,6 +29,7 @@ from .images import read_image as read_image
 from .prepare import PreparedData as PreparedData
 from .prepare import manifest_fingerprint as manifest_fingerprint
 from .prepare import prepare_data as prepare_data
+from .prepare import split_subjects as split_subjects
 from .splits import SPLIT_METHODS as SPLIT_METHODS
 from .splits import Split as Split
 from .splits import split_records as split_records

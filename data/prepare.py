@@ -13,12 +13,15 @@ from .cnmc import CLASS_NAMES, CellRecord, Manifest, SkippedFile, load_manifest
 from .errors import DatasetError
 from .splits import split_records
 
-__all__ = ["PreparedData", "manifest_fingerprint", "prepare_data"]
+__all__ = ["PreparedData", "manifest_fingerprint", "prepare_data", "split_subjects"]
 
 
 @dataclass
 class PreparedData:
-    """Decoded images with labels and subjects, train/val indices into them, and what was left out and why."""
+    """Decoded images with labels and subjects, train/val/test indices into them, and what was left out and why.
+
+    The test side is for one evaluation after the search: training and validation never read `test_idx`.
+    """
 
     images: np.ndarray  # uint8 (N, C, H, W), a read-only memory map of the cache
     labels: np.ndarray  # int64 (N,)
@@ -29,6 +32,9 @@ class PreparedData:
     fingerprint: str
     counts: dict[str, dict[str, int]]
     records: list[CellRecord] = field(default_factory=list)  # records[i] describes images[i]
+    test_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
+    test_source: str = "none"  # prelim (the C-NMC preliminary test folder), subjects (set aside) or none
+    split: str = "subject"
 
 
 def manifest_fingerprint(manifest: Manifest) -> str:
@@ -45,9 +51,10 @@ def manifest_fingerprint(manifest: Manifest) -> str:
 
 def prepare_data(root: str | os.PathLike[str], *, size: int, color: str, split: str = "subject",
                  val_fraction: float = 0.2, seed: int = 0, val_fold: str | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None) -> PreparedData:
-    """Index `root`, decode its images once (cached), split them; raise DatasetError if either side of the split
-    lacks a class, so a study fails in seconds instead of after an epoch."""
+                 cache_dir: str | os.PathLike[str] | None = None, test_fraction: float = 0.0) -> PreparedData:
+    """Index `root`, decode its images once (cached), split them (see `split_records`; the preliminary test folder,
+    when present, is the test side whatever `test_fraction`); raise DatasetError if any side of the split lacks a
+    class, so a study fails in seconds instead of after an epoch."""
     manifest = load_manifest(root)
     cached = load_cached_images(manifest.records, size, color, cache_dir)
     skipped = manifest.skipped + cached.skipped
@@ -55,22 +62,31 @@ def prepare_data(root: str | os.PathLike[str], *, size: int, color: str, split: 
         raise DatasetError(f"{manifest.root}: none of the {len(manifest.records)} images could be decoded; "
                            f"first problem: {skipped[0].path}: {skipped[0].reason}")
     records = [manifest.records[i] for i in cached.kept]
-    parts = split_records(records, split, val_fraction=val_fraction, seed=seed, val_fold=val_fold)
-    counts = _split_counts(cached.labels, parts.train, parts.val)
+    parts = split_records(records, split, val_fraction=val_fraction, seed=seed, val_fold=val_fold,
+                          test_fraction=test_fraction)
+    counts = _split_counts(cached.labels, parts.train, parts.val, parts.test)
     _require_both_classes(counts, split, manifest.root)
     return PreparedData(
         images=cached.images, labels=cached.labels, subjects=np.array([r.subject for r in records], dtype=str),
         train_idx=parts.train, val_idx=parts.val, skipped=skipped, fingerprint=manifest_fingerprint(manifest),
-        counts=counts, records=records,
+        counts=counts, records=records, test_idx=parts.test, test_source=parts.test_source, split=split,
     )
 
 
-def _split_counts(labels: np.ndarray, train: np.ndarray, val: np.ndarray) -> dict[str, dict[str, int]]:
+def split_subjects(data: PreparedData) -> dict[str, list[str]]:
+    """Subject IDs on each side, sorted (under an image split train and val share subjects; test never does)."""
+    return {side: sorted(set(data.subjects[index].tolist()))
+            for side, index in (("train", data.train_idx), ("val", data.val_idx), ("test", data.test_idx))}
+
+
+def _split_counts(labels: np.ndarray, train: np.ndarray, val: np.ndarray,
+                  test: np.ndarray) -> dict[str, dict[str, int]]:
     def per_class(index: np.ndarray) -> dict[str, int]:
         found = np.bincount(labels[index], minlength=2)
         return {"all": int(found[1]), "hem": int(found[0])}
 
-    return {"total": per_class(np.arange(len(labels))), "train": per_class(train), "val": per_class(val)}
+    return {"total": per_class(np.arange(len(labels))), "train": per_class(train), "val": per_class(val),
+            "test": per_class(test)}
 
 
 _SPLIT_NEEDS = {
@@ -81,7 +97,10 @@ _SPLIT_NEEDS = {
 
 
 def _require_both_classes(counts: dict[str, dict[str, int]], split: str, root: str) -> None:
-    for side in ("train", "val"):
+    # No test side at all is allowed (test_fraction 0); a test side without one class would have no sensitivity or
+    # specificity to report.
+    sides = ("train", "val", "test") if sum(counts["test"].values()) else ("train", "val")
+    for side in sides:
         missing = [name for name in reversed(CLASS_NAMES) if counts[side][name] == 0]
         if missing:
             raise DatasetError(

@@ -1,48 +1,103 @@
-"""Train/validation splits of a record list: by subject (the default), by image (the paper's), or by C-NMC fold.
+"""Train/validation/test splits of a record list: validation by subject (the default), by image (the paper's), or by
+C-NMC fold; the test side always by subject.
 
 Cells of one patient share stain, imaging session and morphology, so an image-level split lets a model score by
-recognising patients it has already seen; the subject split keeps every patient on one side only.
+recognising patients it has already seen; the subject split keeps every patient on one side only. The test side is
+set aside first and is subject-disjoint whatever the validation split, so a leaky split shows up as validation far
+above test.
 """
 from __future__ import annotations
 
 from collections import Counter, defaultdict
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Callable, Sequence
 
 import numpy as np
 
-from .cnmc import CellRecord, fold_sort_key
+from .cnmc import CLASS_NAMES, PRELIM_FOLD, CellRecord, fold_sort_key
 from .errors import DatasetError
 
 __all__ = ["SPLIT_METHODS", "Split", "split_records"]
 
 
+def _no_indices() -> np.ndarray:
+    return np.zeros(0, dtype=np.int64)
+
+
 @dataclass
 class Split:
-    """Sorted integer indices into the record list for each side, and the method that made them."""
+    """Sorted integer indices into the record list for each side, the method that made train/val, and where the
+    test side came from: ``prelim`` (the C-NMC preliminary test folder), ``subjects`` (set aside) or ``none``."""
 
     train: np.ndarray
     val: np.ndarray
     method: str
+    test: np.ndarray = field(default_factory=_no_indices)
+    test_source: str = "none"
+
+
+# Subjects each class must keep off the test side so the train/validation split still has both classes.
+_KEEP_FOR_SPLIT = {"subject": 2, "image": 1, "fold": 1}
+_TEST_STREAM = 7  # the test side draws from its own stream, so it is the same whichever validation split is used
 
 
 def split_records(records: Sequence[CellRecord], method: str = "subject", val_fraction: float = 0.2,
-                  seed: int = 0, val_fold: str | None = None) -> Split:
-    """Split `records` into train and validation indices; seeded and deterministic.
+                  seed: int = 0, val_fold: str | None = None, test_fraction: float = 0.0) -> Split:
+    """Split `records` into train, validation and test indices; seeded and deterministic.
 
-    ``subject``: whole subjects per class, so validation gets about `val_fraction` of each class's cells and at
-    least one subject of each class on each side when that class has two or more. ``image``: cells drawn per
-    class regardless of subject. ``fold``: validation is C-NMC fold `val_fold` (default: the last numbered one).
+    Test first: the records of the C-NMC preliminary test folder when present, else about `test_fraction` of each
+    class's subjects (at least one each; none when 0). Then, on the rest, ``subject``: whole subjects per class,
+    so validation gets about `val_fraction` of each class's cells and at least one subject of each class on each
+    side when that class has two or more. ``image``: cells drawn per class regardless of subject. ``fold``:
+    validation is C-NMC fold `val_fold` (default: the last numbered one).
     """
     if method not in SPLIT_METHODS:
         raise ValueError(f"unknown split method {method!r}; valid: {', '.join(SPLIT_METHODS)}")
     if not 0.0 < val_fraction < 1.0:
         raise ValueError(f"val_fraction must be between 0 and 1 (exclusive), got {val_fraction}")
+    if not 0.0 <= test_fraction < 1.0:
+        raise ValueError(f"test_fraction must be at least 0 and below 1, got {test_fraction}")
+    test_mask, test_source = _test_mask(records, method, test_fraction, seed)
+    rest = np.flatnonzero(~test_mask)
+    kept = [records[i] for i in rest]
     if method == "fold":
-        val_mask = _fold_mask(records, val_fold)
+        val_mask = _fold_mask(kept, val_fold)
     else:
-        val_mask = SPLIT_METHODS[method](records, val_fraction, np.random.default_rng(seed))
-    return Split(train=np.flatnonzero(~val_mask), val=np.flatnonzero(val_mask), method=method)
+        val_mask = SPLIT_METHODS[method](kept, val_fraction, np.random.default_rng(seed))
+    return Split(train=rest[~val_mask], val=rest[val_mask], method=method, test=np.flatnonzero(test_mask),
+                 test_source=test_source)
+
+
+def _test_mask(records: Sequence[CellRecord], method: str, fraction: float, seed: int) -> tuple[np.ndarray, str]:
+    """Which records are on the test side, and why. Always whole subjects: a patient seen in training would make
+    the test score a recognition score."""
+    prelim = {r.subject for r in records if r.fold == PRELIM_FOLD}
+    if prelim:
+        # The challenge's own held-out patients; a training cell of one of them (should there be any) goes with them.
+        chosen, source = prelim, "prelim"
+    elif fraction > 0:
+        chosen = _test_subjects(records, method, fraction, np.random.default_rng([seed, _TEST_STREAM]))
+        source = "subjects"
+    else:
+        return np.zeros(len(records), dtype=bool), "none"
+    return np.array([r.subject in chosen for r in records], dtype=bool), source
+
+
+def _test_subjects(records: Sequence[CellRecord], method: str, fraction: float,
+                   rng: np.random.Generator) -> set[str]:
+    """About `fraction` of each class's subjects (at least one), leaving enough for the train/validation split."""
+    _, by_class = _subjects_by_class(records)
+    need = _KEEP_FOR_SPLIT[method]
+    chosen: set[str] = set()
+    for label in sorted(by_class):
+        subjects = [by_class[label][i] for i in rng.permutation(len(by_class[label]))]
+        take = min(max(round(len(subjects) * fraction), 1), len(subjects) - need)
+        if take < 1:
+            raise DatasetError(
+                f"{CLASS_NAMES[label]} has {len(subjects)} subject(s): the test side needs one and a '{method}' "
+                f"split needs {need} more; use more subjects, or test_fraction 0 for no test side")
+        chosen.update(subjects[:take])
+    return chosen
 
 
 def _take_count(n: int, fraction: float) -> int:
@@ -61,8 +116,20 @@ def _by_image(records: Sequence[CellRecord], val_fraction: float, rng: np.random
 
 
 def _by_subject(records: Sequence[CellRecord], val_fraction: float, rng: np.random.Generator) -> np.ndarray:
-    """Whole subjects to validation, chosen per class (a subject's class is its majority label; C-NMC subjects
-    are single-class) so that each class's validation share of cells is as close to `val_fraction` as possible."""
+    """Whole subjects to validation, chosen per class so that each class's validation share of cells is as close
+    to `val_fraction` as possible."""
+    cells, by_class = _subjects_by_class(records)
+    mask = np.zeros(len(records), dtype=bool)
+    for label in sorted(by_class):
+        subjects = [by_class[label][i] for i in rng.permutation(len(by_class[label]))]
+        for subject in _pick_subjects(subjects, [len(cells[s]) for s in subjects], val_fraction):
+            mask[cells[subject]] = True
+    return mask
+
+
+def _subjects_by_class(records: Sequence[CellRecord]) -> tuple[dict[str, list[int]], dict[int, list[str]]]:
+    """Record indices per subject, and sorted subjects per class (a subject's class is its majority label; C-NMC
+    subjects are single-class)."""
     cells: dict[str, list[int]] = defaultdict(list)
     for index, record in enumerate(records):
         cells[record.subject].append(index)
@@ -70,12 +137,7 @@ def _by_subject(records: Sequence[CellRecord], val_fraction: float, rng: np.rand
     for subject in sorted(cells):
         votes = Counter(records[i].label for i in cells[subject])
         by_class[max(votes, key=lambda label: (votes[label], label))].append(subject)
-    mask = np.zeros(len(records), dtype=bool)
-    for label in sorted(by_class):
-        subjects = [by_class[label][i] for i in rng.permutation(len(by_class[label]))]
-        for subject in _pick_subjects(subjects, [len(cells[s]) for s in subjects], val_fraction):
-            mask[cells[subject]] = True
-    return mask
+    return cells, by_class
 
 
 def _pick_subjects(subjects: list[str], sizes: list[int], val_fraction: float) -> list[str]:

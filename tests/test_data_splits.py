@@ -89,11 +89,12 @@ def test_fold_split() -> None:
     records.append(CellRecord("/d/prelim.bmp", 1, "57", "prelim"))
     default = split_records(records, "fold")
     assert {records[i].fold for i in default.val} == {"2"}  # the last numbered fold, never prelim
-    assert "prelim" in {records[i].fold for i in default.train}
+    # The preliminary test folder is the test side: it never trains (prelim is the last record here).
+    assert [records[i].fold for i in default.test] == ["prelim"] and default.test_source == "prelim"
     chosen = split_records(records, "fold", val_fold="0")
     assert {records[i].fold for i in chosen.val} == {"0"}
-    _assert_partition(chosen, len(records))
-    with pytest.raises(DatasetError, match="folds: 0, 1, 2, prelim"):
+    _assert_partition(chosen, len(records) - 1)
+    with pytest.raises(DatasetError, match="folds: 0, 1, 2;|folds: 0, 1, 2$"):
         split_records(records, "fold", val_fold="7")
 
 

@@ -6,11 +6,11 @@ import os
 from pathlib import Path
 from typing import Any
 
-from leukotune.data import DatasetError, prepare_data
+from leukotune.data import DatasetError, split_subjects
 from leukotune.models import get_model_spec, resolve_weights_path
 from leukotune.tuner.config import ConfigError, StudyConfig, replace_train, train_keys
 from leukotune.tuner.space import DEFAULT_SPACE, SpaceError, check_space, sample_points
-from leukotune.tuner.train.data_source import resolve_data_root
+from leukotune.tuner.train.data_source import prepare_study_data, resolve_data_root
 
 
 def check_search_space(study: StudyConfig, draws: int = 64) -> dict[str, Any]:
@@ -74,13 +74,12 @@ def summarise_data(study: StudyConfig) -> dict[str, Any]:
 
     root = resolve_data_root(study.data)
     try:
-        data = prepare_data(root, size=study.train.image_size, color=study.train.color, split=study.data.split,
-                            val_fraction=study.data.val_fraction, seed=study.data.seed,
-                            val_fold=study.data.val_fold, cache_dir=study.data.cache_dir)
+        data = prepare_study_data(study)
     except DatasetError as exc:
         raise ConfigError(f"data: {exc}") from exc
     labels = data.labels.tolist()
     return {"root": str(root), "cells": len(labels), "all": labels.count(1), "hem": labels.count(0),
             "subjects": len(set(data.subjects.tolist())), "split": data.counts,
             "skipped": [{"path": s.path, "reason": s.reason} for s in data.skipped],
-            "synthetic": not study.data.path, "fingerprint": data.fingerprint}
+            "synthetic": not study.data.path, "fingerprint": data.fingerprint,
+            "split_method": data.split, "test_source": data.test_source, "split_subjects": split_subjects(data)}

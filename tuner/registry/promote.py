@@ -13,9 +13,19 @@ from typing import TYPE_CHECKING, Any, Callable
 
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
+from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from leukotune.tuner.config import ConfigError
+from leukotune.tuner.evaluation import metric_on_test
 from leukotune.tuner.metrics import ranking_key
+from leukotune.tuner.registry.model_card import (
+    MODEL_CARD_FILE,
+    held_out_tags,
+    missing_test_reason,
+    model_card,
+    version_description,
+)
+from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri
 from leukotune.tuner.tracking.client import (
     PARENT_TAG,
     TAG_FINGERPRINT,
@@ -26,6 +36,7 @@ from leukotune.tuner.tracking.client import (
     check_reachable,
     redact,
 )
+from leukotune.tuner.tracking.datasets import dataset_tags
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
@@ -61,6 +72,9 @@ class Promotion:
     previous_version: str | None = None
     refused: str | None = None
     tags: dict[str, str] = field(default_factory=dict)
+    gate_metric: str | None = None  # what --min/--max judged: the test counterpart of `metric` by default
+    gate_value: float | None = None
+    card: str | None = None  # the model card (markdown) of a newly created version
 
     @property
     def model_uri(self) -> str:
@@ -131,7 +145,7 @@ def version_tags(client: MlflowClient, run: Run, candidate: Candidate, metric: s
     """Provenance on the model version: what was optimised, the value, the data, the study and trial."""
     tags = {"leukotune.experiment": experiment, "leukotune.run_id": candidate.run_id,
             "leukotune.metric": metric, "leukotune.metric_value": f"{candidate.value:.6g}",
-            TAG_FINGERPRINT: data_fingerprint(client, run) or "unknown"}
+            TAG_FINGERPRINT: data_fingerprint(client, run) or "unknown", **dataset_tags(run)}
     for key in (TAG_STUDY, TAG_TRIAL):
         if run.data.tags.get(key):
             tags[key] = run.data.tags[key]
@@ -168,8 +182,10 @@ def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> 
 
 def promote(tracking_uri: str, experiment: str, metric: str = DEFAULT_METRIC, mode: str = "max",
             minimum: float | None = None, maximum: float | None = None, alias: str = DEFAULT_ALIAS,
-            model_name: str | None = None, log: Callable[[str], None] = print) -> Promotion:
-    """Pick, check, register (once) and alias the best trial model of `experiment`."""
+            model_name: str | None = None, log: Callable[[str], None] = print,
+            gate_metric: str | None = None) -> Promotion:
+    """Pick the best trial model of `experiment` by `metric` (validation), judge it on `gate_metric` (default: the
+    test counterpart of `metric`), register it (once) and alias it."""
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
@@ -185,11 +201,26 @@ def promote(tracking_uri: str, experiment: str, metric: str = DEFAULT_METRIC, mo
         return result
     best = result.candidate = ranked[0]
     log(f"best of {len(ranked)} finished trial run(s): {best.run_name} ({best.run_id}) {metric} = {best.value:.4f}")
-    result.refused = threshold_problem(best.value, metric, minimum, maximum)
+    result.refused = judge_on_gate(client.get_run(best.run_id), result, gate_metric or metric_on_test(metric),
+                                   minimum, maximum)
     if result.refused:
         return result
     register_and_alias(client, result, experiment)
     return result
+
+
+def judge_on_gate(run: Run, result: Promotion, gate_metric: str, minimum: float | None,
+                  maximum: float | None) -> str | None:
+    """Why the chosen run is refused on its gate metric (missing, or outside --min/--max), or None."""
+    result.gate_metric = gate_metric
+    missing = missing_test_reason(run, gate_metric, result.metric)
+    if missing:
+        return missing
+    result.gate_value = float(run.data.metrics[gate_metric])
+    problem = threshold_problem(result.gate_value, gate_metric, minimum, maximum)
+    if problem and gate_metric != result.metric:
+        return f"{problem} (its {result.metric} is {result.candidate.value:.4f}; the gate is the test score)"
+    return problem
 
 
 def register_and_alias(client: MlflowClient, result: Promotion, experiment: str) -> None:
@@ -199,14 +230,30 @@ def register_and_alias(client: MlflowClient, result: Promotion, experiment: str)
     version = existing_version(client, result.model_name, best.run_id)
     if version is None:
         run = client.get_run(best.run_id)
-        result.tags = version_tags(client, run, best, result.metric, experiment)
-        version = client.create_model_version(result.model_name, source=best.model_uri, run_id=best.run_id,
-                                              tags=result.tags,
-                                              description=f"{result.metric} = {best.value:.4f} (run {best.run_id})")
+        result.tags = version_tags(client, run, best, result.metric, experiment) | held_out_tags(run)
+        result.card = model_card(client, run, result.model_name, result.metric)
+        client.log_text(best.run_id, result.card, MODEL_CARD_FILE)
+        version = create_version(client, result, best)
         result.created = True
     result.version = str(version.version)
     result.previous_version = current_alias_version(client, result.model_name, result.alias)
     client.set_registered_model_alias(result.model_name, result.alias, result.version)
+
+
+def create_version(client: MlflowClient, result: Promotion, best: Candidate) -> ModelVersion:
+    """A version from the trial's LoggedModel (`models:/<model_id>`, or an older study's `runs:/<id>/model`),
+    recorded on the LoggedModel too, as `mlflow.register_model` does, so its page lists the version."""
+    model_id = logged_model_id(best.model_uri)
+    with process_tracking_uri(client.tracking_uri):  # the SQLite registry looks the LoggedModel up through these
+        version = client.create_model_version(result.model_name, source=best.model_uri, run_id=best.run_id,
+                                              tags=result.tags, model_id=model_id,
+                                              description=version_description(result.card) if result.card else
+                                              f"{result.metric} = {best.value:.4f} (run {best.run_id})")
+    if model_id:
+        listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
+        listed.append({"name": version.name, "version": version.version})
+        client.set_logged_model_tags(model_id, {MLFLOW_MODEL_VERSIONS: json.dumps(listed)})
+    return version
 
 
 def summary_lines(result: Promotion) -> list[str]:
@@ -219,6 +266,8 @@ def summary_lines(result: Promotion) -> list[str]:
     return [f"{how} {result.version} of {result.model_name}; alias @{result.alias} -> version {result.version}{moved}",
             f"data fingerprint: {result.tags.get(TAG_FINGERPRINT, 'see the version tags')}" if result.created else
             f"version tags unchanged (run {result.candidate.run_id})",
+            f"judged on {result.gate_metric} = {result.gate_value:.4f}; ranked by {result.metric} = "
+            f"{result.candidate.value:.4f}",
             result.model_uri]
 
 
@@ -227,4 +276,5 @@ def promotion_json(result: Promotion) -> dict[str, Any]:
     return {"model_uri": None if result.refused else result.model_uri, "model_name": result.model_name,
             "alias": result.alias, "version": result.version, "created": result.created,
             "refused": result.refused, "metric": result.metric, "value": best.value if best else None,
+            "gate_metric": result.gate_metric, "gate_value": result.gate_value,
             "run_id": best.run_id if best else None}

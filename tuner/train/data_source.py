@@ -6,8 +6,8 @@ import hashlib
 import json
 from pathlib import Path
 
-from leukotune.data import default_cache_dir, write_synthetic_dataset
-from leukotune.tuner.config import DataConfig
+from leukotune.data import PreparedData, default_cache_dir, prepare_data, write_synthetic_dataset
+from leukotune.tuner.config import DataConfig, StudyConfig
 
 SYNTH_VERSION = 1
 
@@ -37,3 +37,12 @@ def resolve_data_root(data: DataConfig) -> Path:
                                     seed=synth.seed)
             done.write_text("ok\n")
     return root
+
+
+def prepare_study_data(study: StudyConfig) -> PreparedData:
+    """The study's cells at its image size and colour, split into train/val/test: the one call the driver, every
+    trial and the test evaluation make, so all see the same sides (training reads only train and val)."""
+    data = study.data
+    return prepare_data(resolve_data_root(data), size=study.train.image_size, color=study.train.color,
+                        split=data.split, val_fraction=data.val_fraction, seed=data.seed, val_fold=data.val_fold,
+                        cache_dir=data.cache_dir, test_fraction=data.test_fraction)

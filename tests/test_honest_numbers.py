@@ -1,0 +1,121 @@
+"""Honest numbers end to end: one real study (Ray, Optuna, MLflow on SQLite) of 8 short trials, then promote and
+evaluate from the registry. Slow, still run by CI."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from mlflow.tracking import MlflowClient
+
+from leukotune.tuner.evaluation import CI_METRICS
+
+pytestmark = pytest.mark.slow
+
+REPO_ROOT = Path(__file__).resolve().parents[1]
+SMOKE = REPO_ROOT / "studies" / "smoke.yaml"
+CNMC_SAMPLE = REPO_ROOT.parent / "shared" / "cnmc-sample"
+EXPERIMENT = "honest"
+MODEL = "leukotune-honest"
+STUDY = ["data.synthetic.subjects=8", "data.synthetic.cells_per_subject=12", "train.batch_size=16",
+         "train.epochs=2", "tune.num_samples=8", "tune.test_top_k=3", f"tracking.experiment={EXPERIMENT}"]
+
+
+def _cli(args: list[str], workdir: Path, env: dict[str, str]) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "leukotune.tuner.cli", *args], cwd=workdir, env=env,
+                          capture_output=True, text=True, timeout=600)
+
+
+@pytest.fixture(scope="module")
+def study(tmp_path_factory) -> dict:
+    workdir = tmp_path_factory.mktemp("honest")
+    env = {**os.environ, "LEUKOTUNE_CACHE_DIR": str(workdir / "cache"), "PYTHONPATH": str(REPO_ROOT),
+           "LEUKOTUNE_MIN_FREE_GB": "0.1", "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    result = _cli(["tune", "--config", str(SMOKE), *[a for v in STUDY for a in ("--set", v)]], workdir, env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / '.leukotune' / 'mlflow.db'}")
+    runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], max_results=1000)
+    parent = next(r for r in runs if r.data.tags.get("leukotune.kind") == "study")
+    children = [r for r in runs if r.data.tags.get("leukotune.kind") == "trial"]
+    return {"workdir": workdir, "env": env, "stdout": result.stdout, "client": client, "parent": parent,
+            "children": children}
+
+
+def _download_json(client: MlflowClient, run_id: str, path: str, tmp_path: Path):
+    return json.loads(Path(client.download_artifacts(run_id, path, str(tmp_path))).read_text())
+
+
+def test_test_side_is_subject_disjoint_from_train_and_val(study, tmp_path):
+    sides = _download_json(study["client"], study["parent"].info.run_id, "data/split.json", tmp_path)
+    train, val, test = (set(sides[k]) for k in ("train", "val", "test"))
+    assert test and train and val
+    assert not test & train and not test & val and not train & val
+    params = study["parent"].data.params
+    assert int(params["data.test_subjects"]) == len(test) and params["data.test_source"] == "subjects"
+    assert int(params["data.test_all_cells"]) > 0 and int(params["data.test_hem_cells"]) > 0
+
+
+def test_top_trials_and_parent_have_test_metrics_with_intervals_around_them(study):
+    assert len(study["children"]) == 8
+    finished = [c for c in study["children"] if c.info.status == "FINISHED"]
+    by_val = sorted(finished, key=lambda r: (-r.data.metrics["best_val_f1_weighted"],
+                                             r.data.tags["leukotune.trial_id"]))
+    tested = [c for c in study["children"] if "test_f1_weighted" in c.data.metrics]
+    assert {c.info.run_id for c in tested} == {c.info.run_id for c in by_val[:3]}
+    parent = study["parent"].data.metrics
+    for metrics in [c.data.metrics for c in tested] + [parent]:
+        for name in CI_METRICS:
+            low, point, high = (metrics[f"test_{name}_ci95_low"], metrics[f"test_{name}"],
+                                metrics[f"test_{name}_ci95_high"])
+            assert low <= point <= high, (name, low, point, high)
+        assert metrics["test_cells"] > 0 and "test_cm_true_hem_pred_all" in metrics
+    winner = by_val[0].data.metrics
+    assert parent["test_f1_weighted"] == pytest.approx(winner["test_f1_weighted"])
+    assert parent["selection_gap"] == pytest.approx(winner["best_val_f1_weighted"] - winner["test_f1_weighted"])
+    assert "test (95% CI)" in study["stdout"]
+
+
+def test_promote_gates_on_test_then_evaluate_reports_every_cell(study, tmp_path):
+    workdir, env = study["workdir"], study["env"]
+    winner = max((c for c in study["children"] if "test_f1_weighted" in c.data.metrics),
+                 key=lambda r: r.data.metrics["best_val_f1_weighted"]).data.metrics
+    val, test = winner["best_val_f1_weighted"], winner["test_f1_weighted"]
+    # Above the test score; between test and validation whenever validation reads higher (the usual case).
+    bar = (val + test) / 2 if val > test else test + 1e-3
+    refused = _cli(["promote", "--experiment", EXPERIMENT, "--min", f"{bar:.6f}"], workdir, env)
+    assert refused.returncode == 1, refused.stdout + refused.stderr
+    assert "test_f1_weighted" in refused.stderr and "below --min" in refused.stderr
+    promoted = _cli(["promote", "--experiment", EXPERIMENT], workdir, env)
+    assert promoted.returncode == 0, promoted.stderr
+    version = study["client"].get_model_version_by_alias(MODEL, "champion")
+    assert float(version.tags["test.f1_weighted"]) == pytest.approx(test, rel=1e-4)
+    assert "Validation vs test" in version.description and "Research use only" in version.description
+
+    if not (CNMC_SAMPLE / "training_data").is_dir():
+        if os.environ.get("CI") == "true":
+            pytest.fail(f"the real C-NMC sample is missing at {CNMC_SAMPLE} under CI")
+        pytest.skip(f"real C-NMC sample not found at {CNMC_SAMPLE} (../shared is absent on this machine)")
+    evaluated = _cli(["evaluate", "--model", f"models:/{MODEL}@champion", "--data", str(CNMC_SAMPLE), "--json"],
+                     workdir, env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["cells"] == 60 and report["skipped"] == []
+    metrics = report["metrics"]
+    for name in CI_METRICS:
+        assert metrics[f"{name}_ci95_low"] <= metrics[name] <= metrics[f"{name}_ci95_high"]
+
+    copy = tmp_path / "cohort"
+    shutil.copytree(CNMC_SAMPLE, copy)
+    broken = sorted((copy / "training_data").rglob("*.bmp"))[0]
+    broken.write_bytes(b"BM not really a bitmap")
+    evaluated = _cli(["evaluate", "--model", f"models:/{MODEL}@champion", "--data", str(copy), "--json"],
+                     workdir, env)
+    assert evaluated.returncode == 0, evaluated.stderr
+    report = json.loads(evaluated.stdout)
+    assert report["cells"] == 59 and [item["path"] for item in report["skipped"]] == [str(broken)]

@@ -1,0 +1,154 @@
+"""After the search: the best trials by validation, each scored once on the untouched test side.
+
+The search picks the best of many validation scores, and the best of many is the luckiest, not the truest. The
+test side (subjects no trial ever trained or was selected on) gives the number to report; the selection gap (the
+winner's validation score minus its test score) says how much the selection flattered it. Scoring runs as one Ray
+task on the cluster (with a GPU when the study uses GPUs), so the driver only reads checkpoints and logs.
+"""
+from __future__ import annotations
+
+import math
+from typing import Any, Callable
+
+import numpy as np
+import ray
+import torch
+from torch.utils.data import DataLoader
+
+from leukotune.data import CellDataset, collate_batch
+from leukotune.tuner.config import build_study
+from leukotune.tuner.evaluation import evaluate_predictions, metric_on_test
+from leukotune.tuner.metrics import ranking_key
+from leukotune.tuner.tracking.artifacts import load_best, rebuild_model
+from leukotune.tuner.tracking.client import Tracker
+from leukotune.tuner.tracking.trial_runs import checkpoint_dir_of, top_trials
+from leukotune.tuner.train.data_source import prepare_study_data
+from leukotune.tuner.train.loop import autocast_for
+
+TAG_TEST_WINNER = "leukotune.test_winner_trial"
+TAG_TEST_RANK = "leukotune.test_rank"
+SELECTION_GAP = "selection_gap"
+
+
+@torch.inference_mode()
+def score_test_side(best: dict[str, Any], seed: int = 0) -> dict[str, float]:
+    """Rebuild a trial's best model and score the test side of its study's data, preprocessed as it was trained
+    (its own image size, colour, mean and std); metrics and patient-bootstrap intervals, prefixed `test_`."""
+    study = build_study(best["config"])  # the trial's config: its image size and colour, the study's data split
+    data = prepare_study_data(study)
+    if len(data.test_idx) == 0:
+        raise ValueError("the study's data has no test side (data.test_fraction is 0 and no prelim test folder)")
+    prep = best["preprocessing"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = rebuild_model(best).to(device)
+    loader = DataLoader(CellDataset(data.images, data.labels, data.test_idx, mean=prep["mean"], std=prep["std"]),
+                        batch_size=128, shuffle=False, collate_fn=collate_batch)
+    probs = []
+    for images, _ in loader:
+        with autocast_for(device):
+            logits = model(images.to(device)).float()
+        probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
+    return evaluate_predictions(data.labels[data.test_idx], np.concatenate(probs), data.subjects[data.test_idx],
+                                prefix="test_", seed=seed)
+
+
+def score_checkpoints(bests: list[dict[str, Any]], seed: int = 0) -> list[dict[str, float] | str]:
+    """Score each best checkpoint in turn; a failure comes back as its one-line reason, so one bad trial does not
+    cost the others their numbers. One task for all: each extra worker process would import torch again."""
+    scored: list[dict[str, float] | str] = []
+    for best in bests:
+        try:
+            scored.append(score_test_side(best, seed=seed))
+        except Exception as exc:  # noqa: BLE001 - reported with its trial by the driver
+            scored.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc) else ''}")
+    return scored
+
+
+_score_remote = ray.remote(score_checkpoints)
+
+
+def _best_value(trial, metric: str) -> Any:
+    return (getattr(trial, "last_result", None) or {}).get(f"best_{metric}")
+
+
+def _readable_checkpoints(trials: list, log: Callable[[str], None]) -> list[tuple[Any, dict[str, Any]]]:
+    """(trial, best checkpoint) for each trial whose checkpoint passes its checksum. The driver reads them and sends
+    them along, so the scoring task can run on any node."""
+    found = []
+    for trial in trials:
+        try:
+            found.append((trial, load_best(checkpoint_dir_of(trial))))
+        except Exception as exc:  # noqa: BLE001 - one unreadable checkpoint must not cost the others their numbers
+            log(f"WARNING: no test evaluation of trial {trial.trial_id}: {exc}")
+    return found
+
+
+def evaluate_top_trials(plan, trials: list, run_ids: dict[str, str], tracker: Tracker, parent_run_id: str,
+                        gpu: bool, log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+    """Score the study's top `tune.test_top_k` trials on the test side, log `test_*` to their runs and the
+    winner's (the best by validation) to the parent with the selection gap; returns metrics by trial id."""
+    study = plan.study
+    metric, mode, k = study.tune.metric, study.tune.mode, study.tune.test_top_k
+    test_cells = sum(plan.data_summary.get("split", {}).get("test", {}).values())
+    if k == 0 or test_cells == 0:
+        log("no test evaluation: " + ("tune.test_top_k is 0" if k == 0 else "the data has no test side"))
+        return {}
+    # The same ranking (ties to the smaller trial id) as the leaderboard and the exported models.
+    chosen = [t for t in top_trials(trials, metric, mode, k) if checkpoint_dir_of(t) is not None]
+    readable = _readable_checkpoints(chosen, log)
+    if not readable:
+        return {}
+    resources = {"num_cpus": study.resources.cpus_per_worker, "num_gpus": 1 if gpu else 0}
+    try:
+        scored = ray.get(_score_remote.options(**resources).remote([best for _, best in readable],
+                                                                   seed=study.data.seed))
+    except Exception as exc:  # noqa: BLE001 - the study's results stand; only the test numbers are missing
+        log(f"WARNING: test evaluation failed: {str(exc).strip().splitlines()[-1]}")
+        return {}
+    results: dict[str, dict[str, float]] = {}
+    for (trial, _), scores in zip(readable, scored):
+        if isinstance(scores, str):
+            log(f"WARNING: test evaluation of trial {trial.trial_id} failed: {scores}")
+            continue
+        results[trial.trial_id] = scores
+        if trial.trial_id in run_ids:
+            tracker.log_metrics(run_ids[trial.trial_id], scores, step=0)
+            tracker.set_tags(run_ids[trial.trial_id], {TAG_TEST_RANK: str(chosen.index(trial) + 1)})
+    if chosen and chosen[0].trial_id in results:
+        _log_winner(tracker, parent_run_id, chosen[0], results[chosen[0].trial_id], metric, mode, log)
+    return results
+
+
+def _log_winner(tracker: Tracker, parent_run_id: str, winner, scores: dict[str, float], metric: str, mode: str,
+                log: Callable[[str], None]) -> None:
+    test_name = metric_on_test(metric)
+    logged = dict(scores)
+    gap = selection_gap(_best_value(winner, metric), scores.get(test_name), mode)
+    if gap is not None:
+        logged[SELECTION_GAP] = gap
+    tracker.log_metrics(parent_run_id, logged, step=0)
+    tracker.set_tags(parent_run_id, {TAG_TEST_WINNER: winner.trial_id})
+    low, high = scores.get(f"{test_name}_ci95_low"), scores.get(f"{test_name}_ci95_high")
+    interval = f" (95% CI by patient {low:.4f}-{high:.4f})" if low is not None and high is not None else ""
+    log(f"test side: trial {winner.trial_id} {metric} {_best_value(winner, metric):.4f} on validation, "
+        f"{test_name} {scores.get(test_name, float('nan')):.4f}{interval} on test"
+        + (f"; selection gap {gap:+.4f}" if gap is not None else ""))
+
+
+def selection_gap(val_value: Any, test_value: Any, mode: str) -> float | None:
+    """How much better validation made the winner look than test: positive when validation flattered it."""
+    if ranking_key(val_value, mode)[0] or test_value is None or not math.isfinite(test_value):
+        return None
+    return float(val_value - test_value) if mode == "max" else float(test_value - val_value)
+
+
+def add_test_scores(rows: list[dict[str, Any]], results: dict[str, dict[str, float]], metric: str) -> None:
+    """Put each evaluated trial's test score (and its interval) beside its validation score in the leaderboard."""
+    if not results:
+        return  # no test evaluation: no test column, rather than one of blanks
+    test_name = metric_on_test(metric)
+    for row in rows:
+        scores = results.get(row["trial_id"], {})
+        row["test"] = scores.get(test_name)
+        row["test_ci95"] = ([scores[f"{test_name}_ci95_low"], scores[f"{test_name}_ci95_high"]]
+                            if f"{test_name}_ci95_low" in scores else None)
