@@ -16,10 +16,11 @@ from typing import Any, Protocol
 
 import numpy as np
 import torch
+import torch.distributed as dist
 from torch import nn
 from torch.utils.data import DataLoader
 
-from leukotune.data import CellDataset, channel_stats, collate_batch, prepare_data
+from leukotune.data import CellDataset, augmentation_factor, channel_stats, collate_batch
 from leukotune.models import build_optimizer, get_model, get_model_spec
 from leukotune.tuner.config import StudyConfig, model_kwargs
 from leukotune.tuner.metrics import classification_metrics, is_better
@@ -30,7 +31,8 @@ from leukotune.tuner.train.checkpoints import (
     read_checkpoint_file,
     write_checkpoint,
 )
-from leukotune.tuner.train.data_source import resolve_data_root
+from leukotune.tuner.train.data_source import prepare_study_data
+from leukotune.tuner.train.pipeline import Batches, DeviceSplit, on_device, resolve_pipeline, set_epoch
 
 
 class Session(Protocol):
@@ -75,7 +77,8 @@ def build_loaders(study: StudyConfig, data, prep: dict[str, Any], session: Sessi
     common = dict(mean=prep["mean"], std=prep["std"])
     train_ds = CellDataset(data.images, data.labels, data.train_idx, augment=train.augment,
                            materialize=train.augment_mode == "materialize", seed=train.seed, **common)
-    val_ds = CellDataset(data.images, data.labels, data.val_idx, **common)  # never augmented
+    # Never augmented; under DDP each rank evaluates its own stride and evaluate(gather=True) joins them.
+    val_ds = CellDataset(data.images, data.labels, data.val_idx[session.world_rank::session.world_size], **common)
     pin = session.device().type == "cuda"
     generator = torch.Generator().manual_seed(train.seed)
     train_loader = DataLoader(train_ds, batch_size=train.batch_size, shuffle=True, generator=generator,
@@ -84,6 +87,33 @@ def build_loaders(study: StudyConfig, data, prep: dict[str, Any], session: Sessi
     val_loader = DataLoader(val_ds, batch_size=max(train.batch_size, 64), shuffle=False, pin_memory=pin,
                             collate_fn=collate_batch)
     return session.prepare_loader(train_loader), val_loader
+
+
+def build_device_splits(study: StudyConfig, data, prep: dict[str, Any], session: Session
+                        ) -> tuple[DeviceSplit, DeviceSplit]:
+    """Both splits resident on the session's device (train.pipeline=device), sharded like build_loaders'."""
+    train, device = study.train, session.device()
+    common = {"mean": prep["mean"], "std": prep["std"], "device": device}
+    materialize = train.augment_mode == "materialize"
+    length = len(data.train_idx) * augmentation_factor(train.augment, materialize)
+    train_split = DeviceSplit(data.images, data.labels, data.train_idx, batch_size=train.batch_size,
+                              augment=train.augment, materialize=materialize, shuffle=True,
+                              drop_last=length > train.batch_size, seed=train.seed, rank=session.world_rank,
+                              world_size=session.world_size, **common)
+    val_split = DeviceSplit(data.images, data.labels, data.val_idx[session.world_rank::session.world_size],
+                            batch_size=max(train.batch_size, 64), **common)
+    return train_split, val_split
+
+
+def build_batches(study: StudyConfig, data, prep: dict[str, Any], session: Session, log=print
+                  ) -> tuple[Batches, Batches]:
+    """train.pipeline: the device-resident splits, or the DataLoaders when asked for or when they do not fit."""
+    split_bytes = (len(data.train_idx) + len(data.val_idx)) * int(np.prod(data.images.shape[1:]))
+    choice = resolve_pipeline(study.train.pipeline, split_bytes, session.device())
+    log(f"input pipeline: {choice} (train.pipeline={study.train.pipeline}, {split_bytes / 2**20:.0f} MiB of images)")
+    if choice == "device":
+        return build_device_splits(study, data, prep, session)
+    return build_loaders(study, data, prep, session)
 
 
 def class_weight_tensor(labels: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -98,45 +128,64 @@ def autocast_for(device: torch.device):
     return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
 
 
-def train_one_epoch(model: nn.Module, loader: DataLoader, optimizer, loss_fn, device: torch.device) -> dict[str, float]:
+def train_one_epoch(model: nn.Module, loader: Batches, optimizer, loss_fn, device: torch.device) -> dict[str, float]:
+    """One pass over `loader` (a DataLoader or a DeviceSplit); loss and accuracy are read back once, at the end."""
     model.train()
-    total_loss, correct, seen = 0.0, 0, 0
+    # Sums stay on the device: a float()/int() per step would wait for the GPU to finish every batch.
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    correct = torch.zeros((), dtype=torch.int64, device=device)
+    seen = 0
     start = time.perf_counter()
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True, memory_format=_memory_format(device))
-        labels = labels.to(device, non_blocking=True)
+    for images, labels in on_device(loader, device):
         optimizer.zero_grad(set_to_none=True)
         with autocast_for(device):
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
         loss.backward()
         optimizer.step()
-        total_loss += float(loss.detach()) * len(labels)
-        correct += int((logits.argmax(1) == labels).sum())
+        total_loss += loss.detach() * len(labels)
+        correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
+    loss_sum, correct_sum = total_loss.item(), correct.item()  # the epoch's one synchronisation
     seconds = time.perf_counter() - start
-    return {"train_loss": total_loss / max(seen, 1), "train_accuracy": correct / max(seen, 1),
+    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct_sum / max(seen, 1),
             "train_seconds": seconds, "train_samples_per_second": seen / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: DataLoader, loss_fn, device: torch.device) -> dict[str, float]:
+def evaluate(model: nn.Module, loader: Batches, loss_fn, device: torch.device, *, gather: bool = False
+             ) -> dict[str, float]:
+    """val_* metrics of `model` over `loader` (a DataLoader or a DeviceSplit), read back from the device once.
+
+    gather=True (DDP, every rank calling): each rank evaluated its own shard; predictions are joined before scoring.
+    """
     model.eval()
     start = time.perf_counter()
-    probs, labels_all, total_loss = [], [], 0.0
-    for images, labels in loader:
-        images = images.to(device, non_blocking=True, memory_format=_memory_format(device))
-        labels = labels.to(device, non_blocking=True)
+    probs, labels_all = [], []
+    total_loss = torch.zeros((), dtype=torch.float64, device=device)
+    for images, labels in on_device(loader, device):
         with autocast_for(device):
             logits = model(images).float()
-        total_loss += float(loss_fn(logits, labels)) * len(labels)
-        probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
-        labels_all.append(labels.cpu().numpy())
-    y_true, prob_all = np.concatenate(labels_all), np.concatenate(probs)
+        total_loss += loss_fn(logits, labels) * len(labels)
+        probs.append(torch.softmax(logits, dim=1)[:, 1])
+        labels_all.append(labels)
+    y_true = torch.cat(labels_all).cpu().numpy() if labels_all else np.zeros(0, dtype=np.int64)
+    prob_all = torch.cat(probs).cpu().numpy() if probs else np.zeros(0, dtype=np.float32)
+    loss_sum = total_loss.item()
+    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+        y_true, prob_all, loss_sum = _gather_predictions(y_true, prob_all, loss_sum)
     metrics = {f"val_{k}": v for k, v in classification_metrics(y_true, prob_all).items()}
-    metrics["val_loss"] = total_loss / max(len(y_true), 1)
+    metrics["val_loss"] = loss_sum / max(len(y_true), 1)
     metrics["val_seconds"] = time.perf_counter() - start
     return metrics
+
+
+def _gather_predictions(y_true: np.ndarray, probs: np.ndarray, loss_sum: float) -> tuple[np.ndarray, np.ndarray, float]:
+    """Every rank's shard of labels, probabilities and summed loss, joined (validation sets are small)."""
+    parts: list[Any] = [None] * dist.get_world_size()
+    dist.all_gather_object(parts, (y_true, probs, loss_sum))
+    return (np.concatenate([p[0] for p in parts]), np.concatenate([p[1] for p in parts]),
+            float(sum(p[2] for p in parts)))
 
 
 def _memory_format(device: torch.device) -> torch.memory_format:
@@ -175,25 +224,26 @@ def run_training(study: StudyConfig, session: Session, log=print) -> dict[str, A
     train = study.train
     seed_everything(train.seed + session.world_rank)
     device = session.device()
-    data = prepare_data(resolve_data_root(study.data), size=train.image_size, color=train.color,
-                        split=study.data.split, val_fraction=study.data.val_fraction, seed=study.data.seed,
-                        val_fold=study.data.val_fold, cache_dir=study.data.cache_dir)
+    data = prepare_study_data(study)  # its test_idx is never read here: the test side waits for the search's end
     prep = preprocessing_facts(study, data.images, data.train_idx)
     kwargs = model_kwargs(train)
     model = get_model(train.model, **kwargs).to(device, memory_format=_memory_format(device))
+    if train.compile:
+        model.compile()  # in place: the state_dict keys (and so the checkpoints) stay those of the plain model
     model = session.prepare_model(model)
     optimizer = build_optimizer(train.optimizer, model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     weight = class_weight_tensor(data.labels[data.train_idx], device) if train.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weight)
-    train_loader, val_loader = build_loaders(study, data, prep, session)
+    train_loader, val_loader = build_batches(study, data, prep, session, log)
     loop, history, best = restore_state(session, model, optimizer, log)
     metric, mode = study.tune.metric, study.tune.mode
     last: dict[str, Any] = history[-1] if history else {}
     for epoch in range(loop.epoch + 1, train.epochs + 1):
-        if hasattr(train_loader.sampler, "set_epoch"):  # DistributedSampler: a new shuffle each epoch under DDP
-            train_loader.sampler.set_epoch(epoch)
+        set_epoch(train_loader, epoch)
+        # Validation runs on the unwrapped model: DDP's forward would sync buffers across ranks whose shards differ
+        # in length; each rank scores its shard and evaluate(gather=True) joins them.
         epoch_metrics = {"epoch": epoch, **train_one_epoch(model, train_loader, optimizer, loss_fn, device),
-                         **evaluate(model, val_loader, loss_fn, device)}
+                         **evaluate(unwrap(model), val_loader, loss_fn, device, gather=session.world_size > 1)}
         if is_better(epoch_metrics.get(metric), loop.best_value, mode):
             loop.best_value, loop.best_epoch = epoch_metrics[metric], epoch
             best = {"model": _cpu_state(model), "model_name": train.model, "model_kwargs": kwargs,

@@ -8,7 +8,7 @@ from typing import Any
 import ray
 import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
-from ray.train.torch import TorchTrainer
+from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
 from leukotune.tuner.config import StudyConfig, build_study
@@ -39,8 +39,9 @@ def make_trainer(study: StudyConfig, name: str, storage_path: Path, callbacks: l
     """A TorchTrainer for one run of `study`: its resources, failure policy and checkpoint retention."""
     resources = study.resources
     gpu = use_gpu(study)
+    gpus = {"GPU": resources.gpus_per_trial} if gpu else {}
     scaling = ScalingConfig(num_workers=resources.workers, use_gpu=gpu,
-                            resources_per_worker={"CPU": resources.cpus_per_worker, **({"GPU": 1} if gpu else {})})
+                            resources_per_worker={"CPU": resources.cpus_per_worker, **gpus})
     run_config = RunConfig(
         name=name, storage_path=str(storage_path), callbacks=callbacks or [],
         failure_config=FailureConfig(max_failures=resources.max_failures),
@@ -49,8 +50,9 @@ def make_trainer(study: StudyConfig, name: str, storage_path: Path, callbacks: l
         # Ray Train's INFO lines repeat every metric of every report; our loop prints one line per epoch.
         logging_config=LoggingConfig(log_level="WARNING"),
     )
+    # NCCL between GPUs, gloo between CPU workers (NCCL has no CPU transport).
     return TorchTrainer(worker_loop, train_loop_config={"study": study.to_dict()}, scaling_config=scaling,
-                        run_config=run_config)
+                        run_config=run_config, torch_config=TorchConfig(backend="nccl" if gpu else "gloo"))
 
 
 def train_in_tune_trial(study: StudyConfig, trial_name: str, storage_path: Path) -> None:

@@ -47,4 +47,5 @@ def trial_resources(study: StudyConfig, gpu: bool) -> dict[str, float]:
     """What one trial's own actor holds. Inline: the loop runs there. ray_train: the workers hold the rest."""
     if runtime_of(study) == "ray_train":
         return {"CPU": TRIAL_DRIVER_CPU}
-    return {"CPU": study.resources.cpus_per_worker, **({"GPU": 1} if gpu else {})}
+    # gpus_per_trial < 1 packs several inline trials on one GPU (Ray counts the fractions).
+    return {"CPU": study.resources.cpus_per_worker, **({"GPU": study.resources.gpus_per_trial} if gpu else {})}
