@@ -13,19 +13,16 @@ import argparse
 import json
 import multiprocessing
 import os
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from mlflow.tracking import MlflowClient
 
-from mlflow.tracking import MlflowClient  # noqa: E402
-
-from leukotune.tuner.config import load_study, replace_train  # noqa: E402
-from leukotune.tuner.train.loop import run_training  # noqa: E402
-from leukotune.tuner.train.sessions import LocalSession  # noqa: E402
-from leukotune.tuner.tune import plan_study, run_study  # noqa: E402
+from leukotune.tuner.config import load_study, replace_train
+from leukotune.tuner.train.loop import run_training
+from leukotune.tuner.train.sessions import LocalSession
+from leukotune.tuner.tune import plan_study, run_study
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
 

@@ -21,10 +21,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from leukotune.data import prepare_data
 from leukotune.models import build_optimizer, get_model
 from leukotune.tuner.config import build_study, load_study, model_kwargs, replace_train
-from leukotune.tuner.train.data_source import resolve_data_root
+from leukotune.tuner.train.data_source import prepare_study_data
 from leukotune.tuner.train.loop import run_training
 from leukotune.tuner.train.sessions import LocalSession
 
@@ -35,9 +34,7 @@ STUDY = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
 def bare_epoch_rate(study, epochs: int) -> float:
     """Plain PyTorch: tensors already normalised in memory, random permutation, no metrics beyond the loss."""
     train = study.train
-    data = prepare_data(resolve_data_root(study.data), size=train.image_size, color=train.color,
-                        split=study.data.split, val_fraction=study.data.val_fraction, seed=study.data.seed,
-                        cache_dir=study.data.cache_dir)
+    data = prepare_study_data(study)  # the same train side as the loop (the test subjects set aside)
     images = torch.from_numpy(np.ascontiguousarray(data.images[data.train_idx])).float().div_(255)
     images = (images - images.mean((0, 2, 3), keepdim=True)) / images.std((0, 2, 3), keepdim=True)
     labels = torch.from_numpy(data.labels[data.train_idx]).long()

@@ -10,6 +10,7 @@ import os
 import socket
 import subprocess
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -99,3 +100,32 @@ def reported_trial_pids(workdir: Path) -> set[int]:
             if line.strip():
                 pids.add(int(json.loads(line)["pid"]))
     return pids
+
+
+# ------------------------------------------------------------------ one study several slow tests read
+
+SHARED_EXPERIMENT = "smoke-shared"
+SHARED_TRIALS = 3
+
+
+@dataclass(frozen=True)
+class FinishedStudy:
+    workdir: Path
+    stdout: str
+    stderr: str
+    uri: str
+
+
+@pytest.fixture(scope="session")
+def shared_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
+    """One short smoke study (3 trials, 2 epochs, FIFO) run once per session: the tests of what a study prints
+    and records read it instead of each paying a study of their own."""
+    workdir = tmp_path_factory.mktemp("shared-study")
+    env = {**os.environ, "LEUKOTUNE_CACHE_DIR": str(workdir / "cache"), "LEUKOTUNE_MIN_FREE_GB": "0.1"}
+    env.pop("MLFLOW_TRACKING_URI", None)
+    env.pop("RAY_ADDRESS", None)
+    result = run_leukotune(["tune", "--config", str(SMOKE), *sets(TINY + [
+        f"tune.num_samples={SHARED_TRIALS}", "train.epochs=2", "tune.scheduler=fifo",
+        f"tracking.experiment={SHARED_EXPERIMENT}"])], workdir, env)
+    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
+    return FinishedStudy(workdir, result.stdout, result.stderr, local_uri(workdir))

@@ -3,57 +3,31 @@ from __future__ import annotations
 
 import os
 import signal
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from mlflow.entities import ViewType
 from mlflow.tracking import MlflowClient
+
+from conftest import SHARED_EXPERIMENT, SMOKE, TINY, local_uri, sets, study_runs
+from conftest import run_leukotune as run_cli
 from studyproc import StudyProcess
 
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-
-SMOKE = REPO_ROOT / "studies" / "smoke.yaml"
-TINY = ["data.synthetic.subjects=8", "data.synthetic.cells_per_subject=12", "train.batch_size=16"]
-
-
-def run_cli(args: list[str], workdir: Path, env: dict[str, str], timeout: int = 420) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "leukotune.tuner.cli", *args], cwd=workdir, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-
-
-def sets(values: list[str]) -> list[str]:
-    return [arg for value in values for arg in ("--set", value)]
-
 
 @pytest.fixture
-def study_env(tmp_path: Path) -> tuple[Path, dict[str, str]]:
-    env = {**os.environ, "LEUKOTUNE_CACHE_DIR": str(tmp_path / "cache"), "PYTHONPATH": str(REPO_ROOT),
-           "LEUKOTUNE_MIN_FREE_GB": "0.1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
+def study_env(tmp_path: Path, env: dict[str, str]) -> tuple[Path, dict[str, str]]:
     return tmp_path, env
 
 
 def runs_of(workdir: Path, experiment: str) -> tuple[MlflowClient, list, list]:
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / '.leukotune' / 'mlflow.db'}")
-    exp = client.get_experiment_by_name(experiment)
-    runs = client.search_runs([exp.experiment_id], max_results=1000)
-    parents = [r for r in runs if r.data.tags.get("leukotune.kind") == "study"]
-    children = [r for r in runs if r.data.tags.get("leukotune.kind") == "trial"]
-    return client, parents, children
+    return study_runs(local_uri(workdir), experiment)
 
 
-def test_study_logs_one_parent_with_finished_children(study_env):
-    workdir, env = study_env
-    result = run_cli(["tune", "--config", str(SMOKE), *sets(TINY + [
-        "tune.num_samples=3", "train.epochs=2", "tune.scheduler=fifo", "tracking.experiment=e2e-a"])], workdir, env)
-    assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    assert "leaderboard" in result.stdout and "mlflow ui" in result.stdout
-    client, parents, children = runs_of(workdir, "e2e-a")
+def test_study_logs_one_parent_with_finished_children(shared_study):
+    assert "leaderboard" in shared_study.stdout and "mlflow ui" in shared_study.stdout
+    client, parents, children = study_runs(shared_study.uri, SHARED_EXPERIMENT)
     assert len(parents) == 1 and parents[0].info.status == "FINISHED"
     assert len(children) == 3
     parent_id = parents[0].info.run_id
@@ -62,9 +36,10 @@ def test_study_logs_one_parent_with_finished_children(study_env):
         assert child.data.tags["mlflow.parentRunId"] == parent_id
         steps = [m.step for m in client.get_metric_history(child.info.run_id, "val_f1_weighted")]
         assert steps == [1, 2]  # one value per epoch, step = epoch
-        assert child.data.tags["leukotune.model_uri"] == f"runs:/{child.info.run_id}/model"
-        artifacts = {a.path for a in client.list_artifacts(child.info.run_id, "model")}
-        assert "model/MLmodel" in artifacts
+        # 3 trials, tracking.log_models 3 by default: every trial is in the top 3 and has a LoggedModel
+        model_uri = child.data.tags["leukotune.model_uri"]
+        assert model_uri.startswith("models:/m-")
+        assert client.get_logged_model(model_uri.removeprefix("models:/")).source_run_id == child.info.run_id
         plots = {a.path for a in client.list_artifacts(child.info.run_id, "plots")}
         assert {"plots/confusion_matrix.png", "plots/learning_curves.png"} <= plots
     parent_artifacts = {a.path for a in client.list_artifacts(parent_id, "optuna")}
@@ -79,7 +54,7 @@ def test_asha_stops_weak_trials_early(study_env):
               " {conv_layers: 3, kernel_size: 3, optimizer: rmsprop, lr: 0.0000001}]")
     result = run_cli(["tune", "--config", str(SMOKE), *sets([
         "tune.num_samples=3", "tune.max_concurrent=1", "train.epochs=4", "tune.grace_period=1",
-        "tune.reduction_factor=2", "tune.space.lr={loguniform: [0.0000001, 0.01]}",
+        "tune.reduction_factor=2", "tune.space.lr={loguniform: [0.0000001, 0.01]}", "data.test_fraction=0",
         f"tune.points_to_evaluate={points}", "tracking.experiment=e2e-asha", "tracking.log_models=false"])],
         workdir, env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
@@ -103,8 +78,10 @@ def test_killed_study_resumes_to_exactly_n_trials(study_env):
     assert driver.wait_for(r"trial \w+ epoch 3/3"), driver.finish()[-3000:]
     os.killpg(driver.pid, signal.SIGKILL)  # the driver and the local Ray it started, mid-study
     driver.finish(timeout=30)
-    _, _, before = runs_of(workdir, "e2e-resume")
-    assert any(c.info.status == "RUNNING" for c in before) or len(before) < 4
+    _, parents, before = runs_of(workdir, "e2e-resume")
+    # Killed mid-study: nobody closed the parent, and not every trial had finished.
+    assert parents[0].info.status == "RUNNING"
+    assert sum(c.info.status == "FINISHED" for c in before) < 4
 
     result = run_cli(args + ["--resume"], workdir, env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]

@@ -58,6 +58,9 @@ class DataConfig(_Section):
     split: str = "subject"
     val_fraction: float = Field(0.2, ge=0.01, le=0.99)
     val_fold: str | None = None
+    # Subjects per class set aside (before the train/val split, always subject-disjoint) for one evaluation after
+    # the search; 0: no test side. Ignored when the C-NMC preliminary test folder is present: that is the test set.
+    test_fraction: float = Field(0.2, ge=0.0, le=0.9)
     seed: int = 0
     cache_dir: str | None = None
 
@@ -88,6 +91,12 @@ class TrainConfig(_Section):
     seed: int = Field(0, ge=0)
     # Stop when the loss is not finite: a diverged trial wastes the rest of its budget.
     stop_on_nan: bool = True
+    # device: the uint8 split lives on the training device, batches are made there (tuner/train/pipeline.py);
+    # loader: torch's DataLoader; auto: device when the split fits in a quarter of the device's free memory.
+    pipeline: Literal["auto", "device", "loader"] = "auto"
+    # torch.compile the model (in place). Off by default: compiling costs time in every trial, and its gain has not
+    # been measured on a GPU yet.
+    compile: bool = False
 
     _model = field_validator("model")(lambda v: _one_of(v, list_models()))
     _optimizer = field_validator("optimizer")(lambda v: _one_of(v, list_optimizers()))
@@ -108,6 +117,9 @@ class ResourcesConfig(_Section):
     # ray_train: a TorchTrainer per trial (DDP over `workers`); auto picks ray_train only when workers > 1.
     trial_runtime: Literal["auto", "inline", "ray_train"] = "auto"
     max_failures: int = Field(2, ge=0, le=1000)
+    # GPU share of one inline trial or of each Ray Train worker: 0.25 packs four on a GPU (a small CNN uses a
+    # sliver of an H200). At most 1: the loop trains on one device.
+    gpus_per_trial: float = Field(1.0, gt=0.0, le=1.0)
 
     @field_validator("use_gpu", mode="before")
     @classmethod
@@ -117,6 +129,44 @@ class ResourcesConfig(_Section):
 
 
 SpaceEntry = dict[str, Any]
+
+
+class OptunaConfig(_Section):
+    """How TPE is set up for the study it runs in (`tune.search: optuna`); ignored by random search."""
+
+    # auto: a quarter of tune.num_samples, at least 3, at most Optuna's own 10. Optuna's fixed 10 made every study
+    # of up to 10 trials pure random search; 3 is the fewest finished trials TPE can split into good and bad.
+    n_startup_trials: Annotated[int, Field(ge=1, le=100_000)] | Literal["auto"] = "auto"
+    # One joint density over the parameters rather than one per parameter: lr and optimizer interact.
+    multivariate: bool = True
+    # The space is conditional (conv_layers, kernel_size only for the CNN); group fits each sub-space on the trials
+    # that have it, where plain multivariate TPE falls back to independent sampling for those parameters.
+    group: bool = True
+    # auto: on when trials run concurrently, so a new trial is not sampled next to a running one whose result TPE
+    # has not seen yet; with one trial at a time there is nothing running to avoid.
+    constant_liar: bool | Literal["auto"] = "auto"
+
+    # Checked before pydantic tries each member of the unions, so a bad value gets one message, not one per member.
+    @field_validator("n_startup_trials", mode="before")
+    @classmethod
+    def _auto_or_count(cls, value: Any) -> Any:
+        if value != "auto" and (isinstance(value, bool) or not isinstance(value, int) or value < 1):
+            raise ValueError("use auto or a whole number of trials >= 1")
+        return value
+
+    @field_validator("constant_liar", mode="before")
+    @classmethod
+    def _auto_or_bool(cls, value: Any) -> Any:
+        if value != "auto" and not isinstance(value, bool):
+            raise ValueError("use auto, true or false")
+        return value
+
+    @field_validator("group")
+    @classmethod
+    def _group_needs_multivariate(cls, value: bool, info) -> bool:
+        if value and not info.data.get("multivariate", True):
+            raise ValueError("group needs multivariate: true (Optuna splits the joint density into sub-spaces)")
+        return value
 
 
 class SearchConfig(_Section):
@@ -131,6 +181,9 @@ class SearchConfig(_Section):
     seed: int = 0
     space: dict[str, SpaceEntry] = {}
     points_to_evaluate: list[dict[str, Any]] = []
+    # The best trials by validation evaluated once on the test side after the search (0: none).
+    test_top_k: int = Field(3, ge=0, le=1000)
+    optuna: OptunaConfig = Field(default_factory=OptunaConfig)
 
     _metric = field_validator("metric")(lambda v: _one_of(v, reported_metric_names()))
 
@@ -138,7 +191,19 @@ class SearchConfig(_Section):
 class TrackingConfig(_Section):
     experiment: Annotated[str, Field(min_length=1)] = "leukotune"
     tracking_uri: str | None = None  # None: $MLFLOW_TRACKING_URI, else SQLite under the working directory
-    log_models: bool = True
+    # Models exported (as MLflow LoggedModels) for the study's top N trials by tune.metric once it completes; 0 for
+    # none, all for every finished trial. `false` still means 0; `true` (it meant every trial) is refused.
+    log_models: Annotated[int, Field(ge=0, le=100_000)] | Literal["all"] = 3
+
+    @field_validator("log_models", mode="before")
+    @classmethod
+    def _count_or_all(cls, value: Any) -> Any:
+        if value is False:
+            return 0
+        if value != "all" and (isinstance(value, bool) or not isinstance(value, int) or value < 0):
+            raise ValueError("use a number of top trials >= 0 (default 3), 0 for none, or all"
+                             + (" (true no longer means every trial: say all)" if value is True else ""))
+        return value
 
 
 class StudyConfig(_Section):

@@ -10,13 +10,17 @@ from typing import Any, Callable
 
 from leukotune.tuner.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
+# Handlers import what they need when they run: building the parser
+# for `leukotune --help` or `leukotune data check` should not load Ray, MLflow and torch.
+
 
 def _study_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--config", type=Path, help="study YAML (defaults apply where it is silent)")
     parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
                         help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
     parser.add_argument("--data", help="dataset folder (C-NMC layout); default: the study's, else synthetic")
-    parser.add_argument("--address", help="Ray cluster address (default: $RAY_ADDRESS, else a local Ray)")
+    parser.add_argument("--address", help="Ray cluster to join, HOST:PORT of its GCS (default: $RAY_ADDRESS, else a "
+                        "live `ray start` cluster on this machine, else a private local Ray)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -41,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     tune = commands.add_parser("tune", help="a tuning study: Ray Tune + Optuna + ASHA, tracked in MLflow")
     _study_args(tune)
-    tune.add_argument("--resume", action="store_true", help="continue the newest unfinished study of this name")
+    tune.add_argument("--resume", action="store_true",
+                      help="continue the newest study of this name (one that already finished: print its leaderboard)")
     tune.set_defaults(handler=cmd_tune)
 
     from leukotune.tuner.cli import operations as cli_ops
@@ -108,18 +113,25 @@ def print_metrics_table(metrics: dict[str, Any], metric: str) -> None:
 
 
 def cmd_tune(args: argparse.Namespace) -> int:
+    from leukotune.tuner.cluster.job_driver import records_note
     from leukotune.tuner.config import load_study
     from leukotune.tuner.tune import plan_study, run_study
 
     study = load_study(args.config, args.overrides, args.data)
     plan = plan_study(study, resume=args.resume)
+    if plan.finished is not None:
+        return report_finished_study(plan)
     skipped = plan.data_summary["skipped"]
     print(f"data: {plan.data_summary['cells']} cells of {plan.data_summary['subjects']} subjects"
           f"{' (synthetic)' if plan.data_summary['synthetic'] else ''}; {len(skipped)} files skipped"
           + (f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""))
+    print(describe_sides(plan.data_summary))
     outcome = run_study(plan, args.address)
     print_leaderboard(outcome.leaderboard, plan.study.tune.metric)
     print_tracking_help(outcome)
+    note = records_note(outcome.tracking_uri, plan.directory.parent)
+    if note:
+        print(note)
     if not outcome.complete:
         config = f" --config {args.config}" if args.config else ""
         print(f"\nstudy interrupted; continue it with: leukotune tune{config} --resume")
@@ -127,17 +139,51 @@ def cmd_tune(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def report_finished_study(plan) -> int:
+    """`--resume` of a study that already completed: nothing to run, so show what it found (Ray never starts)."""
+    from dataclasses import fields
+
+    from leukotune.tuner.tune import StudyOutcome
+
+    # Field by field: a result saved by an older leukotune may lack a field added since, or hold one removed.
+    outcome = StudyOutcome(**{field.name: plan.finished.get(field.name) for field in fields(StudyOutcome)})
+    print(f"study {plan.study_id} already finished ({len(outcome.leaderboard)} trials); nothing to resume. "
+          f"Start a new study by leaving out --resume.")
+    print_leaderboard(outcome.leaderboard, plan.study.tune.metric)
+    print_tracking_help(outcome)
+    return EXIT_OK
+
+
+def describe_sides(data: dict[str, Any]) -> str:
+    """Cells and subjects per side; the test side is untouched until the search ends."""
+    counts, sides = data.get("split", {}), data.get("split_subjects", {})
+    parts = [f"{side} {sum(counts.get(side, {}).values())} cells/{len(sides.get(side, []))} subjects"
+             for side in ("train", "val", "test")]
+    source = {"prelim": "the C-NMC preliminary test folder", "subjects": "subjects set aside",
+              "none": "none (data.test_fraction 0)"}.get(data.get("test_source", "none"), "?")
+    return f"sides ({data.get('split_method', '?')} split): {', '.join(parts)}; test side: {source}"
+
+
 def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
-    print(f"\nleaderboard ({metric}, best epoch of each trial)")
-    print(f"  {'rank':<5}{'trial':<12}{'status':<12}{'epochs':<8}{metric:<18}{'last_acc':<9}params")
+    print(f"\nleaderboard ({metric}, best epoch of each trial; test: the top trials once on the held-out subjects,"
+          f" 95% CI by patient)")
+    print(f"  {'rank':<5}{'trial':<12}{'status':<12}{'epochs':<8}{metric:<18}{'test (95% CI)':<24}{'last_acc':<9}"
+          f"params")
     for rank, row in enumerate(rows, 1):
         best = row.get("best")
         best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
         acc = row.get("val_accuracy")
         acc_text = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
         params = " ".join(f"{k}={_short(v)}" for k, v in row["config"].items())
-        print(f"  {rank:<5}{row['trial_id']:<12}{row['status']:<12}{row['epochs']!s:<8}{best_text:<18}{acc_text:<9}"
-              f"{params}")
+        print(f"  {rank:<5}{row['trial_id']:<12}{row['status']:<12}{row['epochs']!s:<8}{best_text:<18}"
+              f"{_test_text(row):<24}{acc_text:<9}{params}")
+
+
+def _test_text(row: dict[str, Any]) -> str:
+    test, interval = row.get("test"), row.get("test_ci95")
+    if not isinstance(test, (int, float)):
+        return "-"
+    return f"{test:.4f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{test:.4f}"
 
 
 def _short(value: Any) -> str:
@@ -145,15 +191,15 @@ def _short(value: Any) -> str:
 
 
 def print_tracking_help(outcome) -> None:
-    from leukotune.tuner.tracking.client import redact
+    from leukotune.tuner.tracking.client import redact, training_view_url
 
     uri = outcome.tracking_uri
     print(f"\nMLflow: experiment {outcome.experiment_id}, parent run {outcome.parent_run_id} at {redact(uri)}")
     if uri.startswith("sqlite:"):
         print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-              f"  (then http://127.0.0.1:5000/#/experiments/{outcome.experiment_id})")
+              f"  (then {training_view_url('http://127.0.0.1:5000', outcome.experiment_id)})")
     else:
-        print(f"open {uri.rstrip('/')}/#/experiments/{outcome.experiment_id}")
+        print(f"open {training_view_url(redact(uri), outcome.experiment_id)}")
 
 
 def main(argv: list[str] | None = None) -> int:

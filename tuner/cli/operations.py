@@ -9,6 +9,11 @@ from pathlib import Path
 
 from leukotune.tuner.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE
 
+# Handlers import what they need when they run: building the parser
+# for `leukotune --help` or `leukotune data check` should not load Ray, MLflow and torch.
+from leukotune.tuner.cli.evaluate import add_evaluate
+from leukotune.tuner.cli.weights import add_weights
+
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     """Register the operations commands on the `leukotune` parser."""
@@ -17,6 +22,8 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_server(commands)
     _add_promote(commands)
     _add_predict(commands)
+    add_evaluate(commands)
+    add_weights(commands)
 
 
 def _address_arg(parser: argparse.ArgumentParser) -> None:
@@ -87,8 +94,12 @@ def _add_promote(commands) -> None:
     promote.add_argument("--metric", help="run metric to rank by (default best_val_f1_weighted: each trial's best "
                                           "epoch)")
     promote.add_argument("--mode", choices=("max", "min"), default="max", help="is a higher metric better (max)?")
-    promote.add_argument("--min", dest="minimum", type=float, help="refuse (exit 1) when the best value is below this")
-    promote.add_argument("--max", dest="maximum", type=float, help="refuse (exit 1) when the best value is above this")
+    promote.add_argument("--min", dest="minimum", type=float,
+                         help="refuse (exit 1) when the chosen trial's gate metric (its test score) is below this")
+    promote.add_argument("--max", dest="maximum", type=float,
+                         help="refuse (exit 1) when the chosen trial's gate metric is above this")
+    promote.add_argument("--gate-metric", help="run metric --min/--max judge (default: the test counterpart of "
+                                               "--metric, e.g. test_f1_weighted); a trial without it is refused")
     promote.add_argument("--alias", help="alias to set (default champion)")
     promote.add_argument("--model-name", help="registered model name (default leukotune-<experiment>)")
     promote.add_argument("--json", action="store_true", help="print one JSON object")
@@ -98,7 +109,8 @@ def _add_promote(commands) -> None:
 
 def _add_predict(commands) -> None:
     predict = commands.add_parser("predict", help="classify cell images with a registered model")
-    predict.add_argument("--model", required=True, help="models:/NAME@alias (or models:/NAME/VERSION, runs:/ID/model)")
+    predict.add_argument("--model", required=True,
+                         help="models:/NAME@alias (or models:/NAME/VERSION, models:/MODEL_ID, runs:/ID/model)")
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     predict.add_argument("--tta", action="store_true", help="average the four 90-degree rotations")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
@@ -215,7 +227,8 @@ def cmd_promote(args: argparse.Namespace) -> int:
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     try:
         result = promote(tracking_uri, args.experiment, args.metric or DEFAULT_METRIC, args.mode, args.minimum,
-                         args.maximum, args.alias or DEFAULT_ALIAS, args.model_name, log=_info)
+                         args.maximum, args.alias or DEFAULT_ALIAS, args.model_name, log=_info,
+                         gate_metric=args.gate_metric)
     except MlflowException as exc:
         return _mlflow_failure(exc, tracking_uri)
     if args.json:

@@ -3,12 +3,13 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any, Callable
 
 import ray
 from ray import tune
 
+from leukotune.tuner.cluster.job_driver import scratch_warning
 from leukotune.tuner.cluster.ray_cluster import init_ray
 from leukotune.tuner.config import ConfigError, StudyConfig
 from leukotune.tuner.metrics import ranking_key
@@ -24,7 +25,11 @@ from leukotune.tuner.tracking import (
     trial_summary,
 )
 from leukotune.tuner.train.ray_train import use_gpu
-from leukotune.tuner.tune.plan import StudyPlan, save_plan
+from leukotune.tuner.tune.checkpoint_view import ForgetMissingCheckpoints
+from leukotune.tuner.tune.console import ConsoleCallback, StudyConsole, quiet_ray_console, release_console
+from leukotune.tuner.tune.holdout import add_test_scores, evaluate_top_trials
+from leukotune.tuner.tune.packing import check_packing, gpu_trial_slots, probe_gpu_memory
+from leukotune.tuner.tune.plan import StudyPlan, save_plan, save_result
 from leukotune.tuner.tune.search import make_scheduler, make_searcher
 from leukotune.tuner.tune.trainable import TRIAL_DRIVER_CPU, reuse_actors, runtime_of, trial_resources, tune_trial
 
@@ -37,13 +42,23 @@ def concurrency_for(study: StudyConfig, cluster: dict[str, float], gpu: bool) ->
         cpus_per_trial += TRIAL_DRIVER_CPU
     fits = int(cluster.get("CPU", 0) // cpus_per_trial)
     if gpu:
-        fits = min(fits, int(cluster.get("GPU", 0) // resources.workers))
+        fits = min(fits, gpu_trial_slots(cluster.get("GPU", 0), study))
     if fits < 1:
+        gpus = resources.workers * resources.gpus_per_trial
         raise ConfigError(
-            f"resources: one trial needs {cpus_per_trial:g} CPUs{' and ' + str(resources.workers) + ' GPUs' if gpu else ''}"
+            f"resources: one trial needs {cpus_per_trial:g} CPUs{f' and {gpus:g} GPUs' if gpu else ''}"
             f" but the cluster has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs")
     wanted = study.tune.max_concurrent or fits
     return max(1, min(wanted, fits, study.tune.num_samples))
+
+
+def check_gpu_packing(plan: StudyPlan, log: Callable[[str], None]) -> None:
+    """On GPUs, refuse a gpus_per_trial share that a trial's estimated peak memory would overflow."""
+    if not use_gpu(plan.study):
+        return
+    memory = probe_gpu_memory(log)
+    if memory is not None:
+        log(check_packing(plan.study, memory, int(plan.data_summary.get("cells", 0))))
 
 
 def check_runtime(study: StudyConfig, dashboard_url: str | None) -> None:
@@ -54,20 +69,20 @@ def check_runtime(study: StudyConfig, dashboard_url: str | None) -> None:
                           "the cluster with it), or use resources.workers=1 with trial_runtime=inline")
 
 
-def build_tuner(plan: StudyPlan, callback, concurrency: int, gpu: bool):
-    """A new Tuner, or on resume the saved one (which brings back its searcher state and our callback)."""
+def build_tuner(plan: StudyPlan, callbacks: list, concurrency: int, gpu: bool):
+    """A new Tuner, or on resume the saved one (which brings back its searcher state and our callbacks)."""
 
     study = plan.study
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, study_dict={**study.to_dict(), "storage_path": str(plan.directory)}),
         trial_resources(study, gpu))
     run_config = tune.RunConfig(
-        name=plan.study_id, storage_path=str(plan.directory.parent), callbacks=[callback], verbose=0,
+        name=plan.study_id, storage_path=str(plan.directory.parent), callbacks=callbacks, verbose=0,
         failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     if plan.resume:
         return tune.Tuner.restore(str(plan.directory), trainable, resume_unfinished=True, resume_errored=True)
-    tune_config = tune.TuneConfig(search_alg=make_searcher(plan), scheduler=make_scheduler(study),
+    tune_config = tune.TuneConfig(search_alg=make_searcher(plan, concurrency), scheduler=make_scheduler(study),
                                   num_samples=study.tune.num_samples, max_concurrent_trials=concurrency,
                                   reuse_actors=reuse_actors(study))
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
@@ -95,35 +110,55 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
     study = plan.study
     uri = resolve_tracking_uri(study.tracking.tracking_uri)
     check_reachable(uri)
-    tracker = Tracker(uri, study.tracking.experiment, log=log)
-    parent_run_id = open_parent(tracker, plan)
-    save_plan(plan, parent_run_id)
+    warning = scratch_warning(uri, plan.directory.parent)
+    if warning:
+        log(warning)
     # Workers inherit the tracking URI; inside a Ray Job it already arrives through the job's runtime_env, and Ray
     # refuses the same variable set twice.
     worker_env = {} if os.environ.get("MLFLOW_TRACKING_URI") == uri else {"MLFLOW_TRACKING_URI": uri}
+    quiet_ray_console()
+    # Ray first: a cluster that does not answer stops the study before its parent run exists (no half-written run).
     context = init_ray(address, worker_env, log=log)
     check_runtime(study, context.dashboard_url)
+    check_gpu_packing(plan, log)
+    tracker = Tracker(uri, study.tracking.experiment, log=log)
+    parent_run_id = open_parent(tracker, plan)
+    save_plan(plan, parent_run_id)
 
     gpu = use_gpu(study)
     concurrency = concurrency_for(study, ray.cluster_resources(), gpu)
     log(f"study {plan.study_id}: {study.tune.num_samples} trials, {concurrency} at a time, "
         f"runtime {runtime_of(study)}, metric {study.tune.metric} ({study.tune.mode})")
+    # The default `print` gets the console's own output (a live line on a terminal); any other `log` gets the lines.
+    console = StudyConsole(study.tune.num_samples, study.tune.metric, study.tune.mode, study.train.epochs,
+                           study.tune.scheduler, log=None if log is print else log)
     recorder = TrialRecorder(tracker, parent_run_id, plan.study_id, study.tune.metric, study.train.epochs,
-                             log_models=study.tracking.log_models, log=log)
+                             log_models=study.tracking.log_models, log=console.log, mode=study.tune.mode)
     forward_sigterm_to_tune()
     complete = False
+    test_scores: dict[str, dict[str, float]] = {}
     try:
-        build_tuner(plan, TrialRunsCallback(recorder), concurrency, gpu).fit()
+        callbacks = [TrialRunsCallback(recorder), ConsoleCallback(plan.study_id, console), ForgetMissingCheckpoints()]
+        build_tuner(plan, callbacks, concurrency, gpu).fit()
         complete = sum(t.status in ("TERMINATED", "ERROR") for t in recorder.trials) >= study.tune.num_samples
+        if complete:  # the test side is read once, by the top trials of a finished search only
+            test_scores = evaluate_top_trials(plan, recorder.trials, recorder.run_ids, tracker, parent_run_id, gpu,
+                                              log)
     finally:
-        closed = recorder.close()
+        release_console(plan.study_id)  # the live line goes before the closing lines
+        # Models of the top trials only once the study is complete: on an interrupted one the top is not known yet.
+        closed = recorder.close(export_models=complete)
         leaderboard = [trial_summary(t, study.tune.metric) for t in recorder.trials]
+        add_test_scores(leaderboard, test_scores, study.tune.metric)
         log_study_end(tracker, parent_run_id, plan, leaderboard, complete)
         close_parent(tracker, parent_run_id, complete)
         if closed["killed"]:
             log(f"{closed['killed']} unfinished trial run(s) marked KILLED in MLflow")
-    return StudyOutcome(plan.study_id, parent_run_id, complete, sort_leaderboard(leaderboard, study.tune.mode), uri,
-                        tracker.experiment_id)
+    outcome = StudyOutcome(plan.study_id, parent_run_id, complete, sort_leaderboard(leaderboard, study.tune.mode),
+                           uri, tracker.experiment_id)
+    if complete:
+        save_result(plan.directory, asdict(outcome))  # `--resume` of a finished study answers from this
+    return outcome
 
 
 def sort_leaderboard(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
