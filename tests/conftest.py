@@ -54,8 +54,8 @@ def synthetic_dataset(tmp_path_factory: pytest.TempPathFactory) -> Path:
 def env(tmp_path: Path) -> dict[str, str]:
     """The environment of a fresh user: own cache, local Ray and MLflow (nothing inherited from the machine)."""
     values = {**os.environ, "LEUKOTUNE_CACHE_DIR": str(tmp_path / "cache"), "LEUKOTUNE_MIN_FREE_GB": "0.1"}
-    values.pop("MLFLOW_TRACKING_URI", None)
-    values.pop("RAY_ADDRESS", None)
+    for inherited in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ADDRESS"):
+        values.pop(inherited, None)
     return values
 
 
@@ -122,8 +122,8 @@ def shared_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
     and records read it instead of each paying a study of their own."""
     workdir = tmp_path_factory.mktemp("shared-study")
     env = {**os.environ, "LEUKOTUNE_CACHE_DIR": str(workdir / "cache"), "LEUKOTUNE_MIN_FREE_GB": "0.1"}
-    env.pop("MLFLOW_TRACKING_URI", None)
-    env.pop("RAY_ADDRESS", None)
+    for inherited in ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI", "RAY_ADDRESS"):
+        env.pop(inherited, None)
     result = run_leukotune(["tune", "--config", str(SMOKE), *sets(TINY + [
         f"tune.num_samples={SHARED_TRIALS}", "train.epochs=2", "tune.scheduler=fifo",
         f"tracking.experiment={SHARED_EXPERIMENT}"])], workdir, env)

@@ -3,9 +3,12 @@ reads behind an explicit client's back."""
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Iterator
 
 import mlflow
+from mlflow.tracking._model_registry import utils as _registry_utils
+from mlflow.tracking._tracking_service import utils as _tracking_utils
 
 MODELS_SCHEME = "models:/"
 
@@ -18,6 +21,9 @@ def logged_model_id(model_uri: str) -> str | None:
     return path if path and "/" not in path and "@" not in path else None
 
 
+_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
 @contextlib.contextmanager
 def process_tracking_uri(uri: str) -> Iterator[None]:
     """Point MLflow's process-wide tracking and registry URIs at `uri` for the block, then put the old ones back.
@@ -25,11 +31,19 @@ def process_tracking_uri(uri: str) -> Iterator[None]:
     MLflow 3.17 resolves `models:/` URIs with process-wide URIs, ignoring the client's own: downloads do, and so
     does the SQLite registry when it looks up the LoggedModel behind a `models:/<model_id>` version source.
     """
-    previous = mlflow.get_tracking_uri(), mlflow.get_registry_uri()
+    # Put back exactly what was there, unset included: the setters also export MLFLOW_TRACKING_URI and
+    # MLFLOW_REGISTRY_URI into os.environ, and a registry URI pinned after the block would send later calls (and
+    # every subprocess started later) to this store.
+    saved_env = {key: os.environ.get(key) for key in _URI_ENV}
+    saved = _tracking_utils._tracking_uri, _registry_utils._registry_uri
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        mlflow.set_tracking_uri(previous[0])
-        mlflow.set_registry_uri(previous[1])
+        _tracking_utils._tracking_uri, _registry_utils._registry_uri = saved
+        for key, value in saved_env.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
