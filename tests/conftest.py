@@ -27,15 +27,20 @@ def in_ci() -> bool:
     return os.environ.get("CI", "").lower() in ("1", "true", "yes")
 
 
-@pytest.fixture(scope="session")
-def cnmc_sample() -> Path:
-    """The 60 real C-NMC cells shipped beside the checkout in ../shared: required under CI, else skipped."""
+def require_cnmc_sample() -> Path:
+    """The 60 real C-NMC cells shipped beside the checkout in ../shared: a failure under CI (which has them), a
+    skip naming the missing folder elsewhere."""
     if not (CNMC_SAMPLE / "training_data").is_dir():
         reason = f"real C-NMC sample not found at {CNMC_SAMPLE} (../shared is absent on this machine)"
         if in_ci():
             pytest.fail(f"{reason}; CI must have it")
         pytest.skip(reason)
     return CNMC_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def cnmc_sample() -> Path:
+    return require_cnmc_sample()
 
 
 @pytest.fixture(scope="session")

@@ -21,7 +21,8 @@ from ray.autoscaler._private.command_runner import _with_environment_variables, 
 from ray.autoscaler._private.docker import with_docker_exec
 from ray.autoscaler._private.util import with_head_node_ip
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
+
 CLUSTER = yaml.safe_load((REPO_ROOT / "cluster.yaml").read_text())
 
 # Stand-ins: each logs "name args" and succeeds. docker runs what `docker exec` would run in the container.

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import json
 import shutil
-from pathlib import Path
 
 import pytest
 from test_promote_predict import _log_trial
@@ -20,7 +19,7 @@ from leukotune.tuner.train.loop import run_training
 from leukotune.tuner.train.sessions import LocalSession
 from leukotune.tuner.tune.holdout import add_test_scores, score_checkpoints, selection_gap
 
-SMOKE = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
+from conftest import SMOKE
 
 
 @pytest.fixture(scope="module")

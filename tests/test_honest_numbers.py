@@ -14,11 +14,10 @@ from mlflow.tracking import MlflowClient
 
 from leukotune.tuner.evaluation import CI_METRICS
 
+from conftest import REPO_ROOT, SMOKE, require_cnmc_sample
+
 pytestmark = pytest.mark.slow
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
-SMOKE = REPO_ROOT / "studies" / "smoke.yaml"
-CNMC_SAMPLE = REPO_ROOT.parent / "shared" / "cnmc-sample"
 EXPERIMENT = "honest"
 MODEL = "leukotune-honest"
 STUDY = ["data.synthetic.subjects=8", "data.synthetic.cells_per_subject=12", "train.batch_size=16",
@@ -97,11 +96,9 @@ def test_promote_gates_on_test_then_evaluate_reports_every_cell(study, tmp_path)
     assert float(version.tags["test.f1_weighted"]) == pytest.approx(test, rel=1e-4)
     assert "Validation vs test" in version.description and "Research use only" in version.description
 
-    if not (CNMC_SAMPLE / "training_data").is_dir():
-        if os.environ.get("CI") == "true":
-            pytest.fail(f"the real C-NMC sample is missing at {CNMC_SAMPLE} under CI")
-        pytest.skip(f"real C-NMC sample not found at {CNMC_SAMPLE} (../shared is absent on this machine)")
-    evaluated = _cli(["evaluate", "--model", f"models:/{MODEL}@champion", "--data", str(CNMC_SAMPLE), "--json"],
+    # Checked only here: the promotion above does not need the real cells and still runs without ../shared.
+    sample = require_cnmc_sample()
+    evaluated = _cli(["evaluate", "--model", f"models:/{MODEL}@champion", "--data", str(sample), "--json"],
                      workdir, env)
     assert evaluated.returncode == 0, evaluated.stderr
     report = json.loads(evaluated.stdout)
@@ -111,7 +108,7 @@ def test_promote_gates_on_test_then_evaluate_reports_every_cell(study, tmp_path)
         assert metrics[f"{name}_ci95_low"] <= metrics[name] <= metrics[f"{name}_ci95_high"]
 
     copy = tmp_path / "cohort"
-    shutil.copytree(CNMC_SAMPLE, copy)
+    shutil.copytree(sample, copy)
     broken = sorted((copy / "training_data").rglob("*.bmp"))[0]
     broken.write_bytes(b"BM not really a bitmap")
     evaluated = _cli(["evaluate", "--model", f"models:/{MODEL}@champion", "--data", str(copy), "--json"],

@@ -27,7 +27,8 @@ from leukotune.models import (
 from leukotune.models.weights import WEIGHTS_DIR_ENV
 from leukotune.tuner.cli.weights import ARCHS
 
-REPO_ROOT = Path(__file__).resolve().parents[1]
+from conftest import REPO_ROOT
+
 PAYLOAD = b"not really resnet weights, just bytes to hash " * 2000
 GOOD_NAME = f"tiny-{hashlib.sha256(PAYLOAD).hexdigest()[:8]}.pth"
 
