@@ -5,6 +5,7 @@ Plain numpy so the numbers can be checked by hand against a confusion matrix.
 """
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -79,10 +80,12 @@ def confusion_from_metrics(metrics: dict[str, float], prefix: str = "val_") -> n
     return cm
 
 
-def reported_metric_names() -> list[str]:
-    """Every per-epoch metric the training loop reports: what `tune.metric` may name."""
+@functools.cache
+def reported_metric_names() -> tuple[str, ...]:
+    """Every per-epoch metric the training loop reports: what `tune.metric` may name (cached: the schema asks on
+    every study it validates, and preflight validates one per offline draw of the space)."""
     example = classification_metrics(np.array([0, 1]), np.array([0.2, 0.8]))
-    return sorted({*LOOP_METRICS, *(f"val_{name}" for name in example)})
+    return tuple(sorted({*LOOP_METRICS, *(f"val_{name}" for name in example)}))
 
 
 def is_better(value: Any, best: Any, mode: str) -> bool:
