@@ -6,11 +6,10 @@ from dataclasses import dataclass
 from typing import Callable
 
 import torch
-import torchvision
 from torch import nn
 
 from .registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_choice, check_range, register_model
-from .weights import imagenet_normalization, load_backbone_weights
+from .weights import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights
 
 __all__ = ["TransferNet", "build_mobilenet_v2", "build_resnet50"]
 
@@ -21,7 +20,7 @@ WeightsArg = str | os.PathLike[str] | None
 class _Arch:
     """How to build one torchvision backbone and where its unfreezable blocks and classifier are."""
 
-    factory: Callable[..., nn.Module]
+    factory: str  # the builder's name in torchvision.models
     classifier: str
     blocks: Callable[[nn.Module], list[nn.Module]]
 
@@ -30,12 +29,12 @@ _ARCHS: dict[str, _Arch] = {
     # Blocks are the 16 bottlenecks of layer1..layer4 (3+4+6+3), not the 4 stages: unfreezing a whole stage
     # at once is too coarse a step (layer3 alone holds 7M parameters). The stem (conv1, bn1) stays frozen.
     "resnet50": _Arch(
-        torchvision.models.resnet50,
+        "resnet50",
         "fc",
         lambda net: [*net.layer1, *net.layer2, *net.layer3, *net.layer4],
     ),
     # Blocks are the 19 entries of `features`: the stem conv, 17 inverted residuals and the final 1x1 conv.
-    "mobilenet_v2": _Arch(torchvision.models.mobilenet_v2, "classifier", lambda net: list(net.features)),
+    "mobilenet_v2": _Arch("mobilenet_v2", "classifier", lambda net: list(net.features)),
 }
 
 
@@ -99,7 +98,11 @@ def _build_transfer(
     check_range("image_size", image_size, MIN_IMAGE_SIZE, MAX_IMAGE_SIZE)
     check_range("num_classes", num_classes, 2, 1000)
 
-    backbone = spec.factory(weights=None)  # never let torchvision download; weights are loaded from disk below
+    # Imported here, not at the top: torchvision costs about a second per process (it loads torch._dynamo), and
+    # every trial process imports this registry, CNN trials included.
+    import torchvision.models
+
+    backbone = getattr(torchvision.models, spec.factory)(weights=None)  # never let torchvision download; weights are loaded from disk below
     blocks = spec.blocks(backbone)
     check_range("unfreeze", unfreeze, 0, len(blocks))
     if unfreeze and not freeze:
@@ -125,11 +128,7 @@ def _build_transfer(
     return TransferNet(backbone, head, in_channels).train()
 
 
-_RESNET50_MEAN, _RESNET50_STD = imagenet_normalization("resnet50")
-_MOBILENET_V2_MEAN, _MOBILENET_V2_STD = imagenet_normalization("mobilenet_v2")
-
-
-@register_model("resnet50", mean=_RESNET50_MEAN, std=_RESNET50_STD)
+@register_model("resnet50", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 def build_resnet50(
     *,
     weights: WeightsArg = None,
@@ -148,7 +147,7 @@ def build_resnet50(
     )  # fmt: skip
 
 
-@register_model("mobilenet_v2", mean=_MOBILENET_V2_MEAN, std=_MOBILENET_V2_STD)
+@register_model("mobilenet_v2", mean=IMAGENET_MEAN, std=IMAGENET_STD)
 def build_mobilenet_v2(
     *,
     weights: WeightsArg = None,

@@ -12,15 +12,17 @@ import http.client
 import os
 import pickle
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 from urllib.parse import urlparse
 
 import torch
 from torch import nn
-from torchvision.models import MobileNet_V2_Weights, ResNet50_Weights, WeightsEnum
 
 from .registry import UnknownModelError
+
+if TYPE_CHECKING:
+    from torchvision.models import WeightsEnum
 
 __all__ = [
     "WEIGHTS_DIR_ENV",
@@ -41,10 +43,15 @@ __all__ = [
 WEIGHTS_DIR_ENV = "LEUKOTUNE_WEIGHTS_DIR"
 
 # V2 is torchvision's best recipe for both; the file name and URL are read from the enum, not copied here.
-_IMAGENET: dict[str, WeightsEnum] = {
-    "resnet50": ResNet50_Weights.IMAGENET1K_V2,
-    "mobilenet_v2": MobileNet_V2_Weights.IMAGENET1K_V2,
+# Named, not imported: torchvision loads on first use (about a second per process that never needs it).
+_IMAGENET: dict[str, tuple[str, str]] = {
+    "resnet50": ("ResNet50_Weights", "IMAGENET1K_V2"),
+    "mobilenet_v2": ("MobileNet_V2_Weights", "IMAGENET1K_V2"),
 }
+# What both enums' transforms normalise with, as constants so registering the models needs no torchvision;
+# tests/test_models.py checks them against `imagenet_normalization` (read from torchvision) for every arch.
+IMAGENET_MEAN = (0.485, 0.456, 0.406)
+IMAGENET_STD = (0.229, 0.224, 0.225)
 # The original 1000-way ImageNet classifier; leukotune replaces it, so these keys are not loaded.
 _CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 # Checkpoints saved by training scripts often wrap the tensors under one of these keys.
@@ -71,9 +78,12 @@ def imagenet_archs() -> list[str]:
 def imagenet_weights(arch: str) -> WeightsEnum:
     """torchvision's ImageNet weights entry for ``arch`` (its URL, file name and preprocessing)."""
     try:
-        return _IMAGENET[arch]
+        enum_name, member = _IMAGENET[arch]
     except KeyError:
         raise UnknownModelError(f"no ImageNet weights for {arch!r}; valid: {', '.join(sorted(_IMAGENET))}") from None
+    import torchvision.models
+
+    return getattr(getattr(torchvision.models, enum_name), member)
 
 
 def imagenet_normalization(arch: str) -> tuple[tuple[float, ...], tuple[float, ...]]:

@@ -16,8 +16,9 @@ from leukotune.tuner.tracking.client import TAG_KIND, TAG_MODEL_URI, Tracker
 from leukotune.tuner.train.checkpoints import BEST_FILE, read_checkpoint_file
 from leukotune.tuner.train.data_source import prepare_study_data
 from leukotune.tuner.train.loop import run_training
+from leukotune.tuner.train.scoring import score_checkpoints
 from leukotune.tuner.train.sessions import LocalSession
-from leukotune.tuner.tune.holdout import add_test_scores, score_checkpoints, selection_gap
+from leukotune.tuner.tune.holdout import add_test_scores, selection_gap
 
 from conftest import SMOKE
 

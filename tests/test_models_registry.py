@@ -261,3 +261,22 @@ def test_models_never_import_ray_or_mlflow() -> None:
     code = "import sys, models; print(sorted(m for m in sys.modules if m.split('.')[0] in ('ray', 'mlflow')))"
     result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert result.stdout.strip() == "[]"
+
+
+@pytest.mark.parametrize("name", TRANSFER)
+def test_registered_normalization_is_torchvisions_for_the_weights(name: str) -> None:
+    """The registry holds ImageNet's mean and std as constants (registering needs no torchvision import); they must
+    stay what torchvision's weight enum says its files were trained with."""
+    from leukotune.models.weights import imagenet_normalization
+
+    mean, std = imagenet_normalization(name)
+    assert get_model_spec(name).mean == pytest.approx(mean) and get_model_spec(name).std == pytest.approx(std)
+
+
+def test_a_cnn_trial_process_never_imports_torchvision_or_the_drivers_libraries() -> None:
+    """Every Tune trial process imports the trainable: torchvision (about a second: it loads torch._dynamo) and the
+    driver's MLflow, matplotlib and Optuna would be paid again by each one."""
+    probe = ("import sys, leukotune.tuner.tune.trainable, leukotune.tuner.train.scoring; "
+             "print(sorted(m for m in ('torchvision', 'mlflow', 'matplotlib', 'optuna') if m in sys.modules))")
+    loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
+    assert loaded.strip() == "[]"

@@ -6,43 +6,38 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import matplotlib.pyplot as plt
 import mlflow.pytorch
 import numpy as np
 import torch
+from matplotlib.backends.backend_agg import FigureCanvasAgg
+from matplotlib.figure import Figure
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
 from mlflow.models import Model, infer_signature
 
-from leukotune.models import get_model
 from leukotune.tuner.metrics import CLASS_NAMES, confusion_from_metrics
 from leukotune.tuner.tracking.client import with_retries
-from leukotune.tuner.train.checkpoints import BEST_FILE, STATE_FILE, read_checkpoint_file
+from leukotune.tuner.train.checkpoints import load_best, load_history, rebuild_model
 
 # Exact pins so a served model rebuilds with the versions it was trained with; also skips pip inference (slow).
 MODEL_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "numpy", "pillow"]
+FIGURE_DPI = 100
 
 
-def load_best(checkpoint_dir: Path) -> dict[str, Any]:
-    return read_checkpoint_file(Path(checkpoint_dir), BEST_FILE)
+# Every trial draws two figures in the driver's background thread, so they are drawn cheaply: on their own Agg
+# canvas (no pyplot state shared with other threads), with fixed margins instead of `tight_layout` (which lays
+# every text out twice and was most of a one-second trial's driver cost). tests/test_tracking_figures.py checks
+# that every label still fits the picture.
+def new_figure(width: float, height: float) -> Figure:
+    figure = Figure(figsize=(width, height), dpi=FIGURE_DPI)
+    FigureCanvasAgg(figure)
+    return figure
 
 
-def load_history(checkpoint_dir: Path) -> list[dict[str, Any]]:
-    return list(read_checkpoint_file(Path(checkpoint_dir), STATE_FILE).get("history", []))
-
-
-def rebuild_model(best: dict[str, Any]):
-    """The exact network of a checkpoint: registry name + saved builder kwargs + weights (random init, no download)."""
-    kwargs = dict(best["model_kwargs"])
-    if "weights" in kwargs:
-        kwargs["weights"] = None  # the checkpoint carries every weight; never look for ImageNet files again
-    model = get_model(best["model_name"], **kwargs)
-    model.load_state_dict(best["model"])
-    return model.eval()
-
-
-def confusion_figure(cm: np.ndarray, title: str):
+def confusion_figure(cm: np.ndarray, title: str) -> Figure:
     """Counts per (true, predicted) class; `title` names the trial, the split and the epoch."""
-    fig, ax = plt.subplots(figsize=(3.8, 3.6))
+    fig = new_figure(3.8, 3.6)
+    ax = fig.add_subplot()
+    fig.subplots_adjust(left=0.2, right=0.95, bottom=0.14, top=0.84)
     ax.imshow(cm, cmap="Blues")
     for (i, j), count in np.ndenumerate(cm):
         ax.text(j, i, str(count), ha="center", va="center", color="black")
@@ -51,26 +46,27 @@ def confusion_figure(cm: np.ndarray, title: str):
     ax.set_xlabel("predicted")
     ax.set_ylabel("true")
     ax.set_title(title, fontsize=9)
-    fig.tight_layout()
     return fig
 
 
-def curves_figure(history: list[dict[str, Any]], metric: str, title: str = "learning curves"):
+def curves_figure(history: list[dict[str, Any]], metric: str, title: str = "learning curves") -> Figure:
     """Loss and accuracy per epoch on the train and val sides; `title` names the trial."""
     epochs = [h["epoch"] for h in history]
-    fig, (loss_ax, metric_ax) = plt.subplots(1, 2, figsize=(7.5, 3.4))
+    fig = new_figure(7.5, 3.4)
+    loss_ax, metric_ax = fig.subplots(1, 2)
+    fig.subplots_adjust(left=0.08, right=0.98, bottom=0.15, top=0.8, wspace=0.25)
     for key in ("train_loss", "val_loss"):
         loss_ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
     for key in ("train_accuracy", "val_accuracy", metric):
         metric_ax.plot(epochs, [h.get(key, np.nan) for h in history], marker="o", label=key)
     loss_ax.set_title("loss per epoch (train, val)", fontsize=9)
     metric_ax.set_title(f"accuracy and {metric} per epoch", fontsize=9)
-    for ax in (loss_ax, metric_ax):
+    # Fixed corners, where curves usually leave room (loss falls, accuracy rises): "best" searches every line.
+    for ax, corner in ((loss_ax, "upper right"), (metric_ax, "lower right")):
         ax.set_xlabel("epoch")
         ax.xaxis.get_major_locator().set_params(integer=True)  # epochs are whole numbers
-        ax.legend(fontsize=7)
+        ax.legend(fontsize=7, loc=corner)
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
     return fig
 
 
@@ -84,7 +80,6 @@ def log_trial_artifacts(tracker, run_id: str, checkpoint_dir: Path, metric: str)
                (curves_figure(history, metric, f"{trial}: learning curves"), "plots/learning_curves.png"))
     for figure, name in figures:
         tracker.log_figure(run_id, figure, name)
-        plt.close(figure)
     tracker.log_json(run_id, {"best_epoch": best["epoch"], "metrics": best["metrics"],
                               "preprocessing": best["preprocessing"]}, "best_epoch.json")
     tracker.log_json(run_id, best["config"], "config/resolved.json")

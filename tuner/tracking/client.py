@@ -12,7 +12,7 @@ import subprocess
 import time
 import urllib.error
 import urllib.request
-from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor
 from importlib.metadata import PackageNotFoundError, version
 from pathlib import Path
 from typing import Any, Callable, Iterable
@@ -211,15 +211,16 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 class BackgroundLogger:
-    """One worker thread for slow MLflow work (model logging), so the Tune event loop never waits on it."""
+    """One worker thread for MLflow writes, so the Tune event loop never waits on them; tasks run in the order they
+    were submitted, and a failed one is reported without stopping the rest."""
 
     def __init__(self, log: Callable[[str], None] = print):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
-        self._futures: list[Future] = []
+        self._closed = False
         self.log = log
 
     def submit(self, fn: Callable, *args) -> None:
-        self._futures.append(self._pool.submit(self._guard, fn, *args))
+        self._pool.submit(self._guard, fn, *args)
 
     def _guard(self, fn: Callable, *args) -> None:
         try:
@@ -228,10 +229,11 @@ class BackgroundLogger:
             self.log(f"WARNING: MLflow background task {getattr(fn, '__name__', fn)} failed: {redact(str(exc))}")
 
     def drain(self) -> None:
-        for future in self._futures:
-            future.result()
-        self._futures.clear()
+        """Return once every task submitted so far has run (one worker: a no-op queued now runs after them all)."""
+        if not self._closed:
+            self._pool.submit(lambda: None).result()
 
     def close(self) -> None:
         self.drain()
+        self._closed = True
         self._pool.shutdown(wait=True)

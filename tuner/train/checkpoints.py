@@ -9,6 +9,8 @@ from typing import Any
 
 import torch
 
+from leukotune.models import get_model
+
 STATE_FILE = "state.pt"
 BEST_FILE = "best.pt"
 MANIFEST_FILE = "checkpoint.json"
@@ -51,3 +53,21 @@ def read_checkpoint_file(directory: Path, name: str) -> dict[str, Any]:
     if _sha256(path) != expected:
         raise CheckpointError(f"{path}: checksum mismatch (truncated or corrupted); not loading it")
     return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def load_best(checkpoint_dir: Path) -> dict[str, Any]:
+    return read_checkpoint_file(Path(checkpoint_dir), BEST_FILE)
+
+
+def load_history(checkpoint_dir: Path) -> list[dict[str, Any]]:
+    return list(read_checkpoint_file(Path(checkpoint_dir), STATE_FILE).get("history", []))
+
+
+def rebuild_model(best: dict[str, Any]):
+    """The exact network of a checkpoint: registry name + saved builder kwargs + weights (random init, no download)."""
+    kwargs = dict(best["model_kwargs"])
+    if "weights" in kwargs:
+        kwargs["weights"] = None  # the checkpoint carries every weight; never look for ImageNet files again
+    model = get_model(best["model_name"], **kwargs)
+    model.load_state_dict(best["model"])
+    return model.eval()

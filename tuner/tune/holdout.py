@@ -10,60 +10,21 @@ from __future__ import annotations
 import math
 from typing import Any, Callable
 
-import numpy as np
 import ray
-import torch
-from torch.utils.data import DataLoader
 
-from leukotune.data import CellDataset, collate_batch
-from leukotune.tuner.config import build_study
-from leukotune.tuner.evaluation import evaluate_predictions, metric_on_test
+from leukotune.tuner.evaluation import metric_on_test
 from leukotune.tuner.metrics import ranking_key
-from leukotune.tuner.tracking.artifacts import load_best, rebuild_model
 from leukotune.tuner.tracking.client import Tracker
 from leukotune.tuner.tracking.trial_runs import checkpoint_dir_of, top_trials
-from leukotune.tuner.train.data_source import prepare_study_data
-from leukotune.tuner.train.loop import autocast_for
+from leukotune.tuner.train.checkpoints import load_best
+from leukotune.tuner.train.scoring import score_checkpoints
 
 TAG_TEST_WINNER = "leukotune.test_winner_trial"
 TAG_TEST_RANK = "leukotune.test_rank"
 SELECTION_GAP = "selection_gap"
 
 
-@torch.inference_mode()
-def score_test_side(best: dict[str, Any], seed: int = 0) -> dict[str, float]:
-    """Rebuild a trial's best model and score the test side of its study's data, preprocessed as it was trained
-    (its own image size, colour, mean and std); metrics and patient-bootstrap intervals, prefixed `test_`."""
-    study = build_study(best["config"])  # the trial's config: its image size and colour, the study's data split
-    data = prepare_study_data(study)
-    if len(data.test_idx) == 0:
-        raise ValueError("the study's data has no test side (data.test_fraction is 0 and no prelim test folder)")
-    prep = best["preprocessing"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    model = rebuild_model(best).to(device)
-    loader = DataLoader(CellDataset(data.images, data.labels, data.test_idx, mean=prep["mean"], std=prep["std"]),
-                        batch_size=128, shuffle=False, collate_fn=collate_batch)
-    probs = []
-    for images, _ in loader:
-        with autocast_for(device):
-            logits = model(images.to(device)).float()
-        probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
-    return evaluate_predictions(data.labels[data.test_idx], np.concatenate(probs), data.subjects[data.test_idx],
-                                prefix="test_", seed=seed)
-
-
-def score_checkpoints(bests: list[dict[str, Any]], seed: int = 0) -> list[dict[str, float] | str]:
-    """Score each best checkpoint in turn; a failure comes back as its one-line reason, so one bad trial does not
-    cost the others their numbers. One task for all: each extra worker process would import torch again."""
-    scored: list[dict[str, float] | str] = []
-    for best in bests:
-        try:
-            scored.append(score_test_side(best, seed=seed))
-        except Exception as exc:  # noqa: BLE001 - reported with its trial by the driver
-            scored.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc) else ''}")
-    return scored
-
-
+# By reference to tuner/train/scoring.py: the task's process imports that lean module, not this driver one.
 _score_remote = ray.remote(score_checkpoints)
 
 

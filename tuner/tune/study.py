@@ -8,6 +8,7 @@ from typing import Any, Callable
 
 import ray
 from ray import tune
+from ray.tune.logger import JsonLoggerCallback
 
 from leukotune.tuner.cluster.job_driver import scratch_warning
 from leukotune.tuner.cluster.ray_cluster import init_ray
@@ -73,6 +74,10 @@ def build_tuner(plan: StudyPlan, callbacks: list, concurrency: int, gpu: bool):
     """A new Tuner, or on resume the saved one (which brings back its searcher state and our callbacks)."""
 
     study = plan.study
+    # Tune's own result logs: JSON only (result.json per trial, for reading a trial without MLflow). Its CSV and
+    # TensorBoard copies cost the event loop a write per result, and leukotune's record is MLflow.
+    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    callbacks = [*callbacks, JsonLoggerCallback()]
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, study_dict={**study.to_dict(), "storage_path": str(plan.directory)}),
         trial_resources(study, gpu))
@@ -141,6 +146,7 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
         callbacks = [TrialRunsCallback(recorder), ConsoleCallback(plan.study_id, console), ForgetMissingCheckpoints()]
         build_tuner(plan, callbacks, concurrency, gpu).fit()
         complete = sum(t.status in ("TERMINATED", "ERROR") for t in recorder.trials) >= study.tune.num_samples
+        recorder.settle()  # every trial's run exists before the test side logs to them
         if complete:  # the test side is read once, by the top trials of a finished search only
             test_scores = evaluate_top_trials(plan, recorder.trials, recorder.run_ids, tracker, parent_run_id, gpu,
                                               log)

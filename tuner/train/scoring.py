@@ -1,0 +1,51 @@
+"""Scoring a trial's best checkpoint on its study's test side: what the Ray task of `tuner/tune/holdout.py` and
+`leukotune evaluate` run. Kept apart from the driver's modules (MLflow, plots) so the task's process imports
+only torch, the data and the models."""
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import torch
+from torch.utils.data import DataLoader
+
+from leukotune.data import CellDataset, collate_batch
+from leukotune.tuner.config import build_study
+from leukotune.tuner.evaluation import evaluate_predictions
+from leukotune.tuner.train.checkpoints import rebuild_model
+from leukotune.tuner.train.data_source import prepare_study_data
+from leukotune.tuner.train.loop import autocast_for
+
+
+@torch.inference_mode()
+def score_test_side(best: dict[str, Any], seed: int = 0) -> dict[str, float]:
+    """Rebuild a trial's best model and score the test side of its study's data, preprocessed as it was trained
+    (its own image size, colour, mean and std); metrics and patient-bootstrap intervals, prefixed `test_`."""
+    study = build_study(best["config"])  # the trial's config: its image size and colour, the study's data split
+    data = prepare_study_data(study)
+    if len(data.test_idx) == 0:
+        raise ValueError("the study's data has no test side (data.test_fraction is 0 and no prelim test folder)")
+    prep = best["preprocessing"]
+    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    model = rebuild_model(best).to(device)
+    loader = DataLoader(CellDataset(data.images, data.labels, data.test_idx, mean=prep["mean"], std=prep["std"]),
+                        batch_size=128, shuffle=False, collate_fn=collate_batch)
+    probs = []
+    for images, _ in loader:
+        with autocast_for(device):
+            logits = model(images.to(device)).float()
+        probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
+    return evaluate_predictions(data.labels[data.test_idx], np.concatenate(probs), data.subjects[data.test_idx],
+                                prefix="test_", seed=seed)
+
+
+def score_checkpoints(bests: list[dict[str, Any]], seed: int = 0) -> list[dict[str, float] | str]:
+    """Score each best checkpoint in turn; a failure comes back as its one-line reason, so one bad trial does not
+    cost the others their numbers. One task for all: each extra worker process would import torch again."""
+    scored: list[dict[str, float] | str] = []
+    for best in bests:
+        try:
+            scored.append(score_test_side(best, seed=seed))
+        except Exception as exc:  # noqa: BLE001 - reported with its trial by the driver
+            scored.append(f"{type(exc).__name__}: {str(exc).strip().splitlines()[0][:300] if str(exc) else ''}")
+    return scored
