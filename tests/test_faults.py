@@ -131,6 +131,8 @@ def test_killed_trial_worker_continues_from_its_checkpoint_in_the_same_run(tmp_p
     uri = local_uri(tmp_path)
     assert driver.wait_for(r"trial \w+ epoch 2/5"), driver.finish()[-3000:]
     # Only this study's own trial process: the PID its trial reported to Tune, and a descendant of our driver.
+    # Tune's result.json is written by a callback after the one that prints the epoch line: give it a moment.
+    assert wait_until(lambda: reported_trial_pids(tmp_path), 10)
     pids = reported_trial_pids(tmp_path)
     own = {child.pid for child in psutil.Process(driver.pid).children(recursive=True)}
     assert pids and pids <= own, (pids, own)

@@ -55,7 +55,7 @@ class TrialRunsCallback(tune.Callback):
         self.recorder.trials = trials
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self.recorder.record_start(trial)
+        self.recorder.run_for(trial)
 
     def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
         self.recorder.record_result(trial, result)
@@ -84,22 +84,12 @@ class TrialRecorder:
         self._earlier: dict[str, Any] | None = None  # trial id -> run from before a resume, read once
 
     # ------------------------------------------------------------ runs
-    # Tune's hooks only queue work: every MLflow write of a trial runs on the one background thread, in the order
-    # the hooks came, so Tune's event loop never waits on the tracking store (at hundreds of trials it did, for a
-    # run search and several writes on each trial start).
-    def record_start(self, trial) -> None:
-        self.background.submit(self._run_of, trial.trial_id, dict(trial.config))
-
+    # Run creation and each epoch's metrics are written on Tune's event loop, before Tune saves its own state: a
+    # driver killed after that save would otherwise lose epochs that Tune never replays. The slow work of a trial's
+    # end (plots, artifacts, closing the run) goes to the background thread, which `close` finishes on resume.
     def run_for(self, trial) -> str:
-        """The trial's child run (after the queued writes are done): found by trial id on resume, else created."""
-        self.background.drain()
-        return self._run_of(trial.trial_id, dict(trial.config))
-
-    def settle(self) -> None:
-        """Wait for the queued writes: afterwards `run_ids` names the run of every trial seen so far."""
-        self.background.drain()
-
-    def _run_of(self, trial_id: str, config: dict[str, Any]) -> str:
+        """The trial's child run: found by trial id when it exists (resume), created otherwise."""
+        trial_id = trial.trial_id
         if trial_id in self.run_ids:
             return self.run_ids[trial_id]
         found = self._earlier_runs().get(trial_id)
@@ -112,13 +102,13 @@ class TrialRecorder:
             run_id = self.tracker.create_run(f"trial-{trial_id}", tags)
             self.logged_step[run_id] = 0
             log_dataset_inputs(self.tracker, run_id, self.study_datasets())
-        self.tracker.log_params(run_id, config)
+        self.tracker.log_params(run_id, dict(trial.config))
         self.run_ids[trial_id] = run_id
         return run_id
 
     def _earlier_runs(self) -> dict[str, Any]:
-        """The study's trial runs from before this driver (a resumed study), read once: one search per trial start
-        grew with the run count."""
+        """The study's trial runs from before this driver (a resumed study), by trial id, read once: a search on
+        every trial start grew with the number of runs."""
         if self._earlier is None:
             runs = self.tracker.find_runs(f"tags.`{TAG_STUDY}` = '{self.study_id}' and tags.`{TAG_KIND}` = 'trial'")
             self._earlier = {}
@@ -136,37 +126,28 @@ class TrialRecorder:
         return self._datasets
 
     def record_result(self, trial, result: dict) -> None:
+        run_id = self.run_for(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         self.last_epoch[trial.trial_id] = epoch
-        self.background.submit(self._log_epoch, trial.trial_id, dict(trial.config), numeric_metrics(result), epoch)
+        if epoch <= self.logged_step.get(run_id, 0):
+            return  # already in MLflow from before a restart: one value per epoch, no duplicates
+        self.tracker.log_metrics(run_id, numeric_metrics(result), step=epoch)
+        self.logged_step[run_id] = epoch
         self.log(f"trial {trial.trial_id} epoch {epoch}/{self.epochs}  {self.metric} "
                  f"{result.get(self.metric, float('nan')):.4f}  val_acc {result.get('val_accuracy', float('nan')):.4f}")
 
-    def _log_epoch(self, trial_id: str, config: dict[str, Any], metrics: dict[str, float], epoch: int) -> None:
-        run_id = self._run_of(trial_id, config)
-        if epoch <= self.logged_step.get(run_id, 0):
-            return  # already in MLflow from before a restart: one value per epoch, no duplicates
-        self.tracker.log_metrics(run_id, metrics, step=epoch)
-        self.logged_step[run_id] = epoch
-
     def record_complete(self, trial) -> None:
+        run_id = self.run_for(trial)
         early = self.last_epoch.get(trial.trial_id, self.epochs) < self.epochs
-        self.background.submit(self._complete, trial.trial_id, dict(trial.config), early, checkpoint_dir_of(trial))
-
-    def _complete(self, trial_id: str, config: dict[str, Any], early: bool, checkpoint_dir: Path | None) -> None:
-        run_id = self._run_of(trial_id, config)
         self.tracker.set_tags(run_id, {TAG_EARLY_STOP: str(early).lower()})
         self.closed.add(run_id)
-        self._finish(run_id, checkpoint_dir)
+        self.background.submit(self._finish, run_id, checkpoint_dir_of(trial))
 
     def record_error(self, trial) -> None:
-        error = str(getattr(trial, "error_file", "") or "")
-        self.background.submit(self._error, trial.trial_id, dict(trial.config), error)
-
-    def _error(self, trial_id: str, config: dict[str, Any], error_file: str) -> None:
-        run_id = self._run_of(trial_id, config)
+        run_id = self.run_for(trial)
         self.closed.add(run_id)
-        self._fail(run_id, error_file)
+        error = str(getattr(trial, "error_file", "") or "")
+        self.background.submit(self._fail, run_id, error)
 
     # ------------------------------------------------------------ endings
     def _finish(self, run_id: str, checkpoint_dir: Path | None) -> None:

@@ -146,7 +146,6 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
         callbacks = [TrialRunsCallback(recorder), ConsoleCallback(plan.study_id, console), ForgetMissingCheckpoints()]
         build_tuner(plan, callbacks, concurrency, gpu).fit()
         complete = sum(t.status in ("TERMINATED", "ERROR") for t in recorder.trials) >= study.tune.num_samples
-        recorder.settle()  # every trial's run exists before the test side logs to them
         if complete:  # the test side is read once, by the top trials of a finished search only
             test_scores = evaluate_top_trials(plan, recorder.trials, recorder.run_ids, tracker, parent_run_id, gpu,
                                               log)
