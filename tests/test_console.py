@@ -3,6 +3,9 @@ from __future__ import annotations
 
 import io
 import re
+import subprocess
+import sys
+import textwrap
 
 import pytest
 from ray.tune.experiment.trial import Trial
@@ -72,3 +75,32 @@ def test_tune_prints_leukotunes_lines_and_none_of_rays(shared_study):
         assert re.search(rf"^trial {trial} epoch 1/2 ", result.stdout, re.MULTILINE)
         assert re.search(rf"^trial {trial} (finished|stopped by ASHA after epoch 1/2) ", result.stdout, re.MULTILINE)
     assert f"{SHARED_TRIALS}/{SHARED_TRIALS} trials ended" in result.stdout and "\r" not in result.stdout  # not a terminal: no live line
+
+
+def test_a_worker_told_to_exit_during_garbage_collection_prints_no_traceback():
+    """Ray stops idle trial processes with SIGTERM and its handler raises SystemExit wherever the process is; inside
+    a garbage-collection callback Python would print it as "Exception ignored ... Traceback", which Ray forwards to
+    the user's console. Trial processes drop exactly that, and still print any other exception raised there."""
+    probe = textwrap.dedent("""
+        import gc, sys, weakref
+        from leukotune.tuner.train.ray_train import quiet_worker_process
+        if sys.argv[1] == "quiet":
+            quiet_worker_process()
+        class Cell: pass
+        def finalizer(error):
+            def callback(_ref):
+                raise error
+            return callback
+        for error in (SystemExit(1), ValueError("a real bug")):
+            cell = Cell()
+            ref = weakref.ref(cell, finalizer(error))
+            del cell
+            gc.collect()
+        print("exited normally")
+    """)
+    quiet = subprocess.run([sys.executable, "-c", probe, "quiet"], capture_output=True, text=True, timeout=120)
+    plain = subprocess.run([sys.executable, "-c", probe, "plain"], capture_output=True, text=True, timeout=120)
+    assert quiet.returncode == 0 and plain.returncode == 0, quiet.stderr + plain.stderr
+    assert "SystemExit" in plain.stderr  # what the hook exists for: Python does print it by default
+    assert "SystemExit" not in quiet.stderr
+    assert "ValueError: a real bug" in quiet.stderr

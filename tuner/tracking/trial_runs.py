@@ -196,9 +196,9 @@ class TrialRecorder:
         self.tracker.set_tags(run_id, {TAG_ORPHANED: "true"})
         self.tracker.client.delete_run(run_id)
 
-    def close(self, export_models: bool = False) -> dict[str, int]:
-        """Wait for uploads, then settle every run of this study still open, by what Tune says of its trial;
-        with `export_models` (a complete study), then log the top trials' models (see `log_top_models`).
+    def close(self) -> dict[str, int]:
+        """Wait for uploads (model exports queued by `log_top_models` included), then settle every run of this
+        study still open, by what Tune says of its trial.
 
         A trial that finished just before the driver died is TERMINATED in Tune's state but its run may still be
         RUNNING: it is finished properly now (plots from its checkpoint). Trials cut short are KILLED.
@@ -223,8 +223,6 @@ class TrialRecorder:
             else:
                 self.tracker.end_run(run_id, "KILLED")
                 killed += 1
-        if export_models:
-            self.log_top_models()
         self.background.close()
         _RECORDERS.pop(self.study_id, None)
         return {"killed": killed}

@@ -15,6 +15,7 @@ from leukotune.tuner.evaluation import evaluate_predictions
 from leukotune.tuner.train.checkpoints import rebuild_model
 from leukotune.tuner.train.data_source import prepare_study_data
 from leukotune.tuner.train.loop import autocast_for
+from leukotune.tuner.train.ray_train import quiet_worker_process
 
 
 @torch.inference_mode()
@@ -42,6 +43,7 @@ def score_test_side(best: dict[str, Any], seed: int = 0) -> dict[str, float]:
 def score_checkpoints(bests: list[dict[str, Any]], seed: int = 0) -> list[dict[str, float] | str]:
     """Score each best checkpoint in turn; a failure comes back as its one-line reason, so one bad trial does not
     cost the others their numbers. One task for all: each extra worker process would import torch again."""
+    quiet_worker_process()
     scored: list[dict[str, float] | str] = []
     for best in bests:
         try:

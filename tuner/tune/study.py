@@ -146,13 +146,16 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
         callbacks = [TrialRunsCallback(recorder), ConsoleCallback(plan.study_id, console), ForgetMissingCheckpoints()]
         build_tuner(plan, callbacks, concurrency, gpu).fit()
         complete = sum(t.status in ("TERMINATED", "ERROR") for t in recorder.trials) >= study.tune.num_samples
-        if complete:  # the test side is read once, by the top trials of a finished search only
+        if complete:
+            # Models of the top trials only once the study is complete (on an interrupted one the top is not known
+            # yet). They export on the driver's background thread while the test side is scored on the cluster.
+            recorder.log_top_models()
+            # The test side is read once, by the top trials of a finished search only.
             test_scores = evaluate_top_trials(plan, recorder.trials, recorder.run_ids, tracker, parent_run_id, gpu,
                                               log)
     finally:
         release_console(plan.study_id)  # the live line goes before the closing lines
-        # Models of the top trials only once the study is complete: on an interrupted one the top is not known yet.
-        closed = recorder.close(export_models=complete)
+        closed = recorder.close()
         leaderboard = [trial_summary(t, study.tune.metric) for t in recorder.trials]
         add_test_scores(leaderboard, test_scores, study.tune.metric)
         log_study_end(tracker, parent_run_id, plan, leaderboard, complete)

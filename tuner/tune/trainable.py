@@ -9,14 +9,14 @@ from ray import tune
 
 from leukotune.tuner.config import StudyConfig, build_study, replace_train
 from leukotune.tuner.train.loop import run_training
-from leukotune.tuner.train.ray_train import quiet_ray_loggers, train_in_tune_trial
+from leukotune.tuner.train.ray_train import quiet_worker_process, train_in_tune_trial
 from leukotune.tuner.train.sessions import TuneSession
 
 
 def tune_trial(config: dict[str, Any], study_dict: dict[str, Any]) -> None:
     """One Tune trial: the study with this trial's sampled parameters, trained inline or via a nested TorchTrainer."""
     study = replace_train(build_study(study_dict), config)
-    quiet_ray_loggers()
+    quiet_worker_process()
     torch.set_num_threads(study.resources.cpus_per_worker)
     if runtime_of(study) == "ray_train":
         context = tune.get_context()
