@@ -118,3 +118,24 @@ def test_the_check_catches_a_cut_label(monkeypatch):
     warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
     axes = optuna.visualization.matplotlib.plot_param_importances(paper_like_study())
     assert texts_outside(axes.figure, monkeypatch)
+
+
+@pytest.mark.parametrize(("epochs", "plots"), [(1, {"confusion_matrix.png"}),
+                                                (3, {"confusion_matrix.png", "learning_curves.png"})])
+def test_a_trial_gets_learning_curves_from_its_second_epoch_on(tmp_path, epochs, plots):
+    """Every trial's run gets its confusion matrix; a curve needs two points, so a one-epoch trial (one stopped at
+    ASHA's first rung, or a study of one-epoch trials) gets no learning-curves picture: one drawing saved per
+    such trial, about 0.05 s of the driver's CPU that running trials would otherwise lose."""
+    from leukotune.tuner.tracking import Tracker
+    from leukotune.tuner.tracking.artifacts import log_trial_artifacts
+    from leukotune.tuner.train.checkpoints import write_checkpoint
+
+    tracker = Tracker(f"sqlite:///{tmp_path / 'mlflow.db'}", "figures", log=lambda _msg: None)
+    run_id = tracker.create_run(TRIAL, {})
+    metrics = {"val_cm_true_hem_pred_hem": 3, "val_cm_true_all_pred_all": 9, METRIC: 0.8}
+    best = {"epoch": epochs, "metrics": metrics, "preprocessing": {"image_size": 64}, "config": {"seed": 0}}
+    write_checkpoint(tmp_path / "checkpoint", {"epoch": epochs, "history": history(epochs)}, best)
+    log_trial_artifacts(tracker, run_id, tmp_path / "checkpoint", METRIC)
+    logged = {a.path.removeprefix("plots/") for a in tracker.client.list_artifacts(run_id, "plots")}
+    assert logged == plots
+    assert {a.path for a in tracker.client.list_artifacts(run_id)} >= {"best_epoch.json", "config", "plots"}

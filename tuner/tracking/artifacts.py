@@ -71,13 +71,15 @@ def curves_figure(history: list[dict[str, Any]], metric: str, title: str = "lear
 
 
 def log_trial_artifacts(tracker, run_id: str, checkpoint_dir: Path, metric: str) -> None:
-    """Confusion matrix and curves as images, the best epoch and resolved config as JSON (cheap: every trial)."""
+    """Confusion matrix and (from two epochs on) learning curves as images, the best epoch and resolved config as
+    JSON: every trial, from the driver's background thread."""
     best = load_best(checkpoint_dir)
     history = load_history(checkpoint_dir)
     cm = confusion_from_metrics(best["metrics"])
     trial = with_retries(lambda: tracker.client.get_run(run_id), "read run", log=tracker.log).info.run_name
-    figures = ((confusion_figure(cm, f"{trial}\nval split, best epoch {best['epoch']}"), "plots/confusion_matrix.png"),
-               (curves_figure(history, metric, f"{trial}: learning curves"), "plots/learning_curves.png"))
+    figures = [(confusion_figure(cm, f"{trial}\nval split, best epoch {best['epoch']}"), "plots/confusion_matrix.png")]
+    if len(history) >= 2:  # a curve needs two epochs; a one-epoch trial (stopped by ASHA at its first rung) has none
+        figures.append((curves_figure(history, metric, f"{trial}: learning curves"), "plots/learning_curves.png"))
     for figure, name in figures:
         tracker.log_figure(run_id, figure, name)
     tracker.log_json(run_id, {"best_epoch": best["epoch"], "metrics": best["metrics"],
