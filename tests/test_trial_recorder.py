@@ -109,3 +109,10 @@ def test_a_completed_trial_is_tagged_with_whether_asha_stopped_it(tracker: Track
     assert tags["stopped"]["leukotune.stopped_early"] == "true"
     assert tags["full"]["leukotune.stopped_early"] == "false"
     assert all(tracker.client.get_run(recorder.run_for(t)).info.status == "FINISHED" for t in (stopped, full))
+
+
+def test_find_runs_reads_every_page(tracker: Tracker) -> None:
+    """A study of thousands of trials outgrows one search page; the lookups that settle its runs must see them all."""
+    made = {tracker.create_run(f"trial-{i}", {"leukotune.study_id": STUDY}) for i in range(7)}
+    found = tracker.find_runs(f"tags.`leukotune.study_id` = '{STUDY}'", page_size=3)
+    assert {run.info.run_id for run in found} == made

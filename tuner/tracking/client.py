@@ -154,9 +154,17 @@ class Tracker:
         return self.client.create_experiment(name, artifact_location=location,
                                              tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
 
-    def find_runs(self, filter_string: str) -> list:
-        return with_retries(lambda: self.client.search_runs([self.experiment_id], filter_string, max_results=5000),
-                            "search runs", log=self.log)
+    def find_runs(self, filter_string: str, page_size: int = 1000) -> list:
+        """Every run of the experiment matching `filter_string`, page by page (a study may hold thousands)."""
+        runs, token = [], None
+        while True:
+            page = with_retries(lambda token=token: self.client.search_runs(
+                [self.experiment_id], filter_string, max_results=page_size, page_token=token), "search runs",
+                log=self.log)
+            runs.extend(page)
+            token = page.token
+            if not token:
+                return runs
 
     def create_run(self, name: str, tags: dict[str, str]) -> str:
         run = with_retries(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags),
