@@ -219,8 +219,9 @@ def numeric_metrics(result: dict[str, Any]) -> dict[str, float]:
 
 
 class BackgroundLogger:
-    """One worker thread for MLflow writes, so the Tune event loop never waits on them; tasks run in the order they
-    were submitted, and a failed one is reported without stopping the rest."""
+    """One worker thread for the slow MLflow work (a trial's plots and closing, model exports), so the Tune event
+    loop never waits on it; tasks run in the order they were submitted, and a failed one is reported without
+    stopping the rest."""
 
     def __init__(self, log: Callable[[str], None] = print):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
