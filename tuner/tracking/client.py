@@ -171,10 +171,12 @@ class Tracker:
                            "create run", log=self.log)
         return run.info.run_id
 
-    def log_params(self, run_id: str, params: dict[str, Any]) -> None:
+    def log_params(self, run_id: str, params: dict[str, Any], new_run: bool = False) -> None:
+        """Log the params the run does not hold yet (MLflow params are write-once); `new_run` skips reading it."""
         items = [Param(k, redact(str(v))[:6000]) for k, v in flatten(params).items()]
-        existing = self.client.get_run(run_id).data.params
-        items = [p for p in items if p.key not in existing]  # params are write-once in MLflow
+        if not new_run:
+            existing = with_retries(lambda: self.client.get_run(run_id).data.params, "read run", log=self.log)
+            items = [p for p in items if p.key not in existing]
         for chunk in _chunks(items, 100):
             with_retries(lambda chunk=chunk: self.client.log_batch(run_id, params=chunk), "log params", log=self.log)
 

@@ -102,7 +102,7 @@ class TrialRecorder:
             run_id = self.tracker.create_run(f"trial-{trial_id}", tags)
             self.logged_step[run_id] = 0
             log_dataset_inputs(self.tracker, run_id, self.study_datasets())
-        self.tracker.log_params(run_id, dict(trial.config))
+        self.tracker.log_params(run_id, dict(trial.config), new_run=found is None)
         self.run_ids[trial_id] = run_id
         return run_id
 
