@@ -21,10 +21,9 @@ import time
 from pathlib import Path
 
 from mlflow.tracking import MlflowClient
+from study_bench import bare_trial_seconds, quiet  # bench/ is on sys.path when a script in it runs
 
 from leukotune.tuner.config import load_study, replace_train
-from leukotune.tuner.train.loop import run_training
-from leukotune.tuner.train.sessions import LocalSession
 from leukotune.tuner.tune import plan_study, run_study
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"
@@ -35,10 +34,6 @@ def rss_mib() -> float:
     """This process's resident memory (Linux: /proc/self/statm counts pages)."""
     pages = int(Path("/proc/self/statm").read_text().split()[1])
     return pages * os.sysconf("SC_PAGE_SIZE") / MIB
-
-
-def quiet(_message: str) -> None:
-    pass
 
 
 class RssSampler(threading.Thread):
@@ -65,16 +60,6 @@ def trial_times(study_dir: Path) -> tuple[list[float], float]:
             ends.append(float(last["timestamp"]))
             starts.append(float(last["timestamp"]) - float(last["time_total_s"]))
     return seconds, (max(ends) - min(starts)) if ends else 0.0
-
-
-def bare_trial_seconds(study) -> float:
-    """One trial's configuration trained alone, outside Ray, on one thread."""
-    import torch
-
-    torch.set_num_threads(1)
-    begin = time.perf_counter()
-    run_training(study, LocalSession(use_gpu="false"), log=quiet)
-    return time.perf_counter() - begin
 
 
 def warm_up() -> None:
@@ -109,7 +94,7 @@ def main() -> None:
     rss_end = rss_mib()
     import ray
 
-    concurrency = 2
+    concurrency = study.tune.max_concurrent
     ray.shutdown()
 
     client = MlflowClient()

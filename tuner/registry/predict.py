@@ -20,10 +20,10 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from leukotune.data.images import read_image
-from leukotune.models import get_model
 from leukotune.tuner.config import ConfigError
 from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri
 from leukotune.tuner.tracking.client import check_reachable, redact
+from leukotune.tuner.train.checkpoints import rebuild_network
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MODEL_SCHEMES = ("models:/", "runs:/")
@@ -108,13 +108,8 @@ def state_dict_path(model_dir: Path, relative: str) -> Path:
 
 def build_network(meta: dict[str, Any], model_dir: Path) -> nn.Module:
     """Registry name + saved builder kwargs (no ImageNet download) + the state dict, read as plain tensors."""
-    kwargs = dict(meta["model_kwargs"])
-    if "weights" in kwargs:
-        kwargs["weights"] = None  # every weight is in the state dict; never look for pretrained files
-    network = get_model(meta["model_name"], **kwargs)
     state = torch.load(state_dict_path(model_dir, meta["state_dict"]), map_location="cpu", weights_only=True)
-    network.load_state_dict(state)
-    return network.eval()
+    return rebuild_network(meta["model_name"], meta["model_kwargs"], state)
 
 
 def load_model(model_uri: str, tracking_uri: str) -> LoadedModel:

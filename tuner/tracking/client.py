@@ -227,7 +227,6 @@ class BackgroundLogger:
 
     def __init__(self, log: Callable[[str], None] = print):
         self._pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mlflow-log")
-        self._closed = False
         self.log = log
 
     def submit(self, fn: Callable, *args) -> None:
@@ -241,10 +240,7 @@ class BackgroundLogger:
 
     def drain(self) -> None:
         """Return once every task submitted so far has run (one worker: a no-op queued now runs after them all)."""
-        if not self._closed:
-            self._pool.submit(lambda: None).result()
+        self._pool.submit(lambda: None).result()
 
     def close(self) -> None:
-        self.drain()
-        self._closed = True
         self._pool.shutdown(wait=True)

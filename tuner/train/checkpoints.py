@@ -64,10 +64,15 @@ def load_history(checkpoint_dir: Path) -> list[dict[str, Any]]:
 
 
 def rebuild_model(best: dict[str, Any]):
-    """The exact network of a checkpoint: registry name + saved builder kwargs + weights (random init, no download)."""
-    kwargs = dict(best["model_kwargs"])
+    """The exact network of a best-epoch checkpoint."""
+    return rebuild_network(best["model_name"], best["model_kwargs"], best["model"])
+
+
+def rebuild_network(model_name: str, model_kwargs: dict[str, Any], state: dict[str, Any]):
+    """Registry name + saved builder kwargs + a state dict, in eval mode (random init first, never a download)."""
+    kwargs = dict(model_kwargs)
     if "weights" in kwargs:
-        kwargs["weights"] = None  # the checkpoint carries every weight; never look for ImageNet files again
-    model = get_model(best["model_name"], **kwargs)
-    model.load_state_dict(best["model"])
+        kwargs["weights"] = None  # the state dict carries every weight; never look for ImageNet files again
+    model = get_model(model_name, **kwargs)
+    model.load_state_dict(state)
     return model.eval()

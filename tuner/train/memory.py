@@ -73,7 +73,9 @@ def _activation_values(model: nn.Module, channels: int, size: int) -> int:
 
 def estimate_trial_memory(train: TrainConfig, split_images: int = 0) -> MemoryEstimate:
     """Peak bytes of one trial of `train` on a GPU; `split_images`: images resident there (train.pipeline=device)."""
-    kwargs = {**model_kwargs(train), **({"weights": None} if "weights" in model_kwargs(train) else {})}
+    kwargs = model_kwargs(train)
+    if "weights" in kwargs:
+        kwargs = {**kwargs, "weights": None}
     with torch.device("meta"):
         model = get_model(train.model, **kwargs)
     params = list(model.parameters())

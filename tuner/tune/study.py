@@ -13,7 +13,6 @@ from ray.tune.logger import JsonLoggerCallback
 from leukotune.tuner.cluster.job_driver import scratch_warning
 from leukotune.tuner.cluster.ray_cluster import init_ray
 from leukotune.tuner.config import ConfigError, StudyConfig
-from leukotune.tuner.metrics import ranking_key
 from leukotune.tuner.tracking import (
     Tracker,
     TrialRecorder,
@@ -25,6 +24,7 @@ from leukotune.tuner.tracking import (
     resolve_tracking_uri,
     trial_summary,
 )
+from leukotune.tuner.tracking.parent_run import rank_rows
 from leukotune.tuner.train.ray_train import use_gpu
 from leukotune.tuner.tune.checkpoint_view import ForgetMissingCheckpoints
 from leukotune.tuner.tune.console import ConsoleCallback, StudyConsole, quiet_ray_console, release_console
@@ -162,12 +162,8 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
         close_parent(tracker, parent_run_id, complete)
         if closed["killed"]:
             log(f"{closed['killed']} unfinished trial run(s) marked KILLED in MLflow")
-    outcome = StudyOutcome(plan.study_id, parent_run_id, complete, sort_leaderboard(leaderboard, study.tune.mode),
+    outcome = StudyOutcome(plan.study_id, parent_run_id, complete, rank_rows(leaderboard, study.tune.mode),
                            uri, tracker.experiment_id)
     if complete:
         save_result(plan.directory, asdict(outcome))  # `--resume` of a finished study answers from this
     return outcome
-
-
-def sort_leaderboard(rows: list[dict[str, Any]], mode: str) -> list[dict[str, Any]]:
-    return sorted(rows, key=lambda row: (*ranking_key(row.get("best"), mode), row["trial_id"]))
