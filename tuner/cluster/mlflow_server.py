@@ -1,8 +1,12 @@
 """`leukotune mlflow-server`: MLflow's tracking server with leukotune's defaults.
 
-SQLite and artifacts under `.leukotune/server/` (a database URI for teams), bound to loopback unless exposing is
+SQLite and artifacts under `.leukotune/server/` (PostgreSQL for teams), bound to loopback unless exposing is
 asked for, and artifacts served through the server (`--serve-artifacts`) so trial drivers and workers on other
 nodes log over HTTP instead of needing the server's disk or cloud credentials.
+
+A PostgreSQL backend is tried before the server starts (one line and exit 2 when it does not answer, refuses the
+password or lacks the database), and its password reaches the server in PGPASSWORD, not on its command line, where
+`ps` and process listings would show it to every user of the machine.
 """
 from __future__ import annotations
 
@@ -16,6 +20,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leukotune.tuner.tracking.client import redact
+from leukotune.tuner.tracking.postgres import PASSWORD_ENV, connection_problem, is_postgres, split_password
 
 LOOPBACK = "127.0.0.1"
 EXPOSED = "0.0.0.0"
@@ -38,6 +43,7 @@ class ServerPlan:
     backend_store_uri: str
     artifacts_destination: str
     warnings: list[str]
+    password_in_env: bool = False  # the database password was taken out of the command line
 
 
 def default_backend_uri(root: Path) -> str:
@@ -125,18 +131,30 @@ def plan_server(host: str | None = None, port: int = 5000, backend_store_uri: st
         root.mkdir(parents=True, exist_ok=True)  # only when a default or the auth database lives there
     backend = backend_store_uri or default_backend_uri(root)
     artifacts = artifacts_destination or str(root / "mlartifacts")
+    env = dict(os.environ)
+    served_backend, password = split_password(backend) if is_postgres(backend) else (backend, None)
+    if password is not None:
+        env[PASSWORD_ENV] = password  # libpq in every server worker reads it; `ps` shows no environment
     command = [sys.executable, "-m", "mlflow", "server", "--host", host, "--port", str(port),
-               "--backend-store-uri", backend, "--serve-artifacts", "--artifacts-destination", artifacts,
+               "--backend-store-uri", served_backend, "--serve-artifacts", "--artifacts-destination", artifacts,
                "--workers", str(workers)]
     if allowed_hosts:
         command += ["--allowed-hosts", allowed_hosts]
-    env = dict(os.environ)
     if auth:
         command += ["--app-name", "basic-auth"]
         env.update(auth_env(root, env))
     shown = "127.0.0.1" if host in (EXPOSED, "::") else host
     return ServerPlan(command=command, env=env, url=f"http://{shown}:{port}", backend_store_uri=backend,
-                      artifacts_destination=artifacts, warnings=expose_warnings(host, auth))
+                      artifacts_destination=artifacts, warnings=expose_warnings(host, auth),
+                      password_in_env=password is not None)
+
+
+def check_backend_store(plan: ServerPlan, timeout_s: float = 5.0) -> None:
+    """Refuse at once a PostgreSQL store that cannot be used, rather than after MLflow's workers start failing."""
+    if is_postgres(plan.backend_store_uri):
+        problem = connection_problem(plan.backend_store_uri, timeout_s)
+        if problem:
+            raise ServerError(f"backend store {redact(plan.backend_store_uri)}: {redact(problem)}")
 
 
 def describe(plan: ServerPlan) -> list[str]:
@@ -144,6 +162,8 @@ def describe(plan: ServerPlan) -> list[str]:
     return [*plan.warnings,
             f"MLflow server: {plan.url}  (UI and REST API; Ctrl-C stops it)",
             f"  backend store: {redact(plan.backend_store_uri)}",
+            *([f"  (its password reaches the server in {PASSWORD_ENV}, not on its command line)"]
+              if plan.password_in_env else []),
             f"  artifacts:     {redact(plan.artifacts_destination)} (served through the server)",
             f"  point leukotune at it: export MLFLOW_TRACKING_URI={plan.url}"]
 

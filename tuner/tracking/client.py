@@ -21,6 +21,8 @@ from mlflow.entities import Metric, Param, RunTag
 from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 
+from leukotune.tuner.tracking.postgres import connection_problem, is_postgres
+
 # Progress bars from artifact uploads would interleave with the study's per-epoch lines.
 os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
 
@@ -31,6 +33,9 @@ TAG_MODEL_URI = "leukotune.model_uri"
 TAG_FINGERPRINT = "leukotune.data_fingerprint"
 TAG_EARLY_STOP = "leukotune.stopped_early"
 TAG_ORPHANED = "leukotune.orphaned"
+TAG_DEVICE = "leukotune.device"  # what the trial trained on: cpu, or cuda:0 (NVIDIA H200)
+TAG_PIPELINE = "leukotune.pipeline"  # how batches reached it: device (resident split) or loader
+TAG_NODE = "leukotune.node_id"  # the Ray node it trained on
 PARENT_TAG = "mlflow.parentRunId"
 # MLflow 3's UI picks an experiment's view from this tag: without it a study opens in the GenAI view
 # ("Evaluation runs"); `custom_model_development` is its model-training kind.
@@ -65,12 +70,21 @@ def training_view_url(server: str, experiment_id: str) -> str:
 
 
 def redact(text: str) -> str:
-    """Hide credentials in URIs (`https://user:secret@host` -> `https://user:***@host`) before logging or printing."""
-    return re.sub(r"(://[^:/@\s]+):[^@/\s]+@", r"\1:***@", str(text))
+    """Hide credentials before logging or printing: `https://user:secret@host` -> `https://user:***@host`, and a
+    `password=` field (a database URI's `?password=`, a libpq `key=value` string) -> `password=***`."""
+    # The password runs to the first `@`, as SQLAlchemy reads a database URI: it may hold `/` or `:`.
+    text = re.sub(r"(://[^:/@\s]*):[^@\s]+@", r"\1:***@", str(text))
+    return re.sub(r"(?i)(\bpassword=)[^&\s]+", r"\1***", text)
 
 
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
-    """Fail within seconds when an HTTP tracking server does not answer, naming the (redacted) URI."""
+    """Fail within seconds when an HTTP tracking server or a PostgreSQL store does not answer, or the database
+    refuses the password or does not exist, naming the (redacted) URI."""
+    if is_postgres(uri):
+        problem = connection_problem(uri, timeout_s)
+        if problem:
+            raise TrackingUnavailable(f"MLflow tracking store {redact(uri)}: {redact(problem)}")
+        return
     if not uri.startswith(("http://", "https://")):
         if uri.startswith("sqlite:///"):
             folder = Path(uri[len("sqlite:///"):]).parent
