@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import math
+import tracemalloc
 
 import numpy as np
 import pytest
@@ -13,6 +14,7 @@ from leukotune.data import CellDataset, collate_batch
 from leukotune.models import get_model
 from leukotune.tuner.config import load_study
 from leukotune.tuner.train.loop import evaluate, run_training, train_one_epoch
+from leukotune.tuner.train import pipeline
 from leukotune.tuner.train.pipeline import DeviceSplit, apply_variants, resolve_pipeline
 from leukotune.tuner.train.sessions import LocalSession
 
@@ -139,3 +141,24 @@ def test_training_loop_runs_with_either_pipeline(tmp_path, monkeypatch):
         assert f"input pipeline: {pipeline}" in lines[0]
         assert [r["epoch"] for r in session.reports] == [1, 2] and math.isfinite(results[pipeline]["train_loss"])
     assert results["device"]["val_samples"] == results["loader"]["val_samples"]
+
+
+def test_the_resident_split_is_copied_in_chunks_never_as_one_host_copy(monkeypatch):
+    """DeviceSplit fills a preallocated tensor from bounded host chunks: equal to `images[chosen]`, and the host
+    memory it allocates on the way (numpy's allocations are traced; the destination tensor is torch's) stays
+    near a chunk, far below the split."""
+    rng = np.random.default_rng(5)
+    images, labels = rng.integers(0, 256, size=(200, 3, 64, 64), dtype=np.uint8), np.arange(200) % 2
+    chosen = np.array([7, 3, 3, 199, 0, *range(10, 190)])  # out of order and with a repeat
+    whole = images[chosen]
+    per_image = int(np.prod(images.shape[1:]))
+    monkeypatch.setattr(pipeline, "COPY_CHUNK_BYTES", 3 * per_image)
+    tracemalloc.start()
+    try:
+        split = DeviceSplit(images, labels, chosen, MEAN, STD, CPU, batch_size=8)
+        _, peak = tracemalloc.get_traced_memory()
+    finally:
+        tracemalloc.stop()
+    assert torch.equal(split.images, torch.from_numpy(whole))
+    assert torch.equal(split.labels, torch.from_numpy(labels[chosen]))
+    assert peak < whole.nbytes / 8, (peak, whole.nbytes)  # a full host copy would be all of whole.nbytes
