@@ -165,8 +165,14 @@ class Tracker:
         if self.uri.startswith("sqlite:///"):
             # Keep artifacts beside the database, not in a stray ./mlruns of whichever folder a worker started in.
             location = (Path(self.uri[len("sqlite:///"):]).parent / "mlartifacts").as_uri()
-        return self.client.create_experiment(name, artifact_location=location,
-                                             tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
+        try:
+            return self.client.create_experiment(name, artifact_location=location,
+                                                 tags={TAG_EXPERIMENT_KIND: EXPERIMENT_KIND_TRAINING})
+        except MlflowException as exc:
+            if exc.error_code != "RESOURCE_ALREADY_EXISTS":
+                raise
+            # Another study on the same store created it between our read and our create: use theirs.
+            return self.client.get_experiment_by_name(name).experiment_id
 
     def find_runs(self, filter_string: str, page_size: int = 1000) -> list:
         """Every run of the experiment matching `filter_string`, page by page (a study may hold thousands)."""
