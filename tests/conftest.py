@@ -134,3 +134,26 @@ def shared_study(tmp_path_factory: pytest.TempPathFactory) -> FinishedStudy:
         f"tracking.experiment={SHARED_EXPERIMENT}"])], workdir, env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
     return FinishedStudy(workdir, result.stdout, result.stderr, local_uri(workdir))
+
+
+# ------------------------------------------------------------------ a real PostgreSQL (Debian's postgresql 15)
+
+POSTGRES_INITDB = Path("/usr/lib/postgresql/15/bin/initdb")
+
+
+def require_postgres() -> Path:
+    """PostgreSQL 15's server programs (and, for root, the `postgres` user to run them as): a failure under CI
+    (.ci/run installs them), a skip saying so elsewhere."""
+    import pwd
+
+    try:
+        has_user = os.geteuid() != 0 or bool(pwd.getpwnam("postgres"))
+    except KeyError:
+        has_user = False
+    if not (POSTGRES_INITDB.exists() and has_user):
+        reason = (f"PostgreSQL 15 not found ({POSTGRES_INITDB}, run as the `postgres` user under root; Debian: "
+                  f"apt-get install -y postgresql)")
+        if in_ci():
+            pytest.fail(f"{reason}; CI must have it")
+        pytest.skip(reason)
+    return POSTGRES_INITDB.parent

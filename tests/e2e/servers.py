@@ -170,3 +170,97 @@ def start_ray_head(log_dir: Path, env: dict[str, str], num_cpus: int = 1) -> Ray
         cluster.stop()
         raise
     return cluster
+
+
+# ---------------------------------------------------------------- a throwaway PostgreSQL (MLflow's team store)
+
+POSTGRES_BIN = Path("/usr/lib/postgresql/15/bin")  # Debian's postgresql 15 (the `postgresql` package)
+
+
+def as_postgres_user(command: list[str]) -> list[str]:
+    """PostgreSQL refuses to run as root: as root, run its tools as the `postgres` user Debian's package creates."""
+    return ["runuser", "-u", "postgres", "--", *command] if os.geteuid() == 0 else command
+
+
+@dataclass
+class Postgres:
+    """A PostgreSQL cluster of its own in a temp folder: TCP on 127.0.0.1 (password auth), its unix socket in the
+    folder (trusted, for the superuser that creates roles and databases)."""
+
+    folder: Path
+    port: int
+
+    @property
+    def data(self) -> Path:
+        return self.folder / "data"
+
+    @property
+    def log(self) -> Path:
+        return self.folder / "postgres.log"
+
+    @property
+    def socket_dir(self) -> Path:
+        return self.folder / "socket"
+
+    def uri(self, user: str, password: str, database: str, port: int | None = None) -> str:
+        return f"postgresql://{user}:{password}@127.0.0.1:{port or self.port}/{database}"
+
+    def superuser(self, database: str = "postgres"):
+        """An autocommit connection as `postgres` through the unix socket (no password: the socket is trusted)."""
+        import psycopg
+
+        return psycopg.connect(host=str(self.socket_dir), port=self.port, user="postgres", dbname=database,
+                               autocommit=True, connect_timeout=10)
+
+    def create_database(self, owner: str, password: str, database: str) -> None:
+        from psycopg import sql
+
+        with self.superuser() as connection:
+            # The password as a literal in the statement: DDL takes no bound parameters. Never logged: the
+            # cluster logs statements only when they fail (log_min_error_statement).
+            connection.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(owner),
+                                                                                   sql.Literal(password)))
+            connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database),
+                                                                             sql.Identifier(owner)))
+
+    def count(self, database: str, table: str, where: str = "TRUE") -> int:
+        """Rows of `table` (0 when MLflow has not created it yet)."""
+        with self.superuser(database) as connection:
+            if connection.execute("SELECT to_regclass(%s)", (table,)).fetchone()[0] is None:
+                return 0
+            return connection.execute(f"SELECT count(*) FROM {table} WHERE {where}").fetchone()[0]
+
+    def stop(self) -> None:
+        """`pg_ctl stop -m fast` (open sessions are ended), then the folder goes; also after a failed start."""
+        if (self.data / "postmaster.pid").exists():
+            subprocess.run(as_postgres_user([str(POSTGRES_BIN / "pg_ctl"), "stop", "-D", str(self.data), "-m", "fast",
+                                             "-w", "-t", "60"]), capture_output=True, text=True, timeout=120)
+        shutil.rmtree(self.folder, ignore_errors=True)
+
+
+def start_postgres() -> Postgres:
+    """initdb + pg_ctl start on a free loopback port; returns once the server accepts connections."""
+    folder = Path(tempfile.mkdtemp(prefix="lkt-pg-", dir="/tmp"))  # short: the socket path must fit 107 chars
+    server = Postgres(folder, free_port())
+    server.socket_dir.mkdir()
+    if os.geteuid() == 0:
+        for path in (folder, server.socket_dir):
+            shutil.chown(path, "postgres", "postgres")
+    try:
+        subprocess.run(as_postgres_user([str(POSTGRES_BIN / "initdb"), "-D", str(server.data), "-U", "postgres",
+                                         "--auth-local=trust", "--auth-host=scram-sha-256", "-E", "UTF8",
+                                         "--no-sync"]), check=True, capture_output=True, text=True, timeout=180)
+        # fsync off: a throwaway cluster on a shared test machine need not survive a power cut.
+        options = (f"-c listen_addresses=127.0.0.1 -p {server.port} -k {server.socket_dir} -c fsync=off "
+                   f"-c max_connections=200")
+        subprocess.run(as_postgres_user([str(POSTGRES_BIN / "pg_ctl"), "start", "-D", str(server.data), "-l",
+                                         str(server.log), "-w", "-t", "120", "-o", options]),
+                       check=True, capture_output=True, text=True, timeout=180)
+    except subprocess.CalledProcessError as exc:
+        log = server.log.read_text(errors="replace")[-3000:] if server.log.exists() else ""
+        server.stop()
+        raise RuntimeError(f"PostgreSQL did not start: {exc.stdout}{exc.stderr}{log}") from None
+    except BaseException:
+        server.stop()
+        raise
+    return server
