@@ -94,9 +94,12 @@ class TrainConfig(_Section):
     # device: the uint8 split lives on the training device, batches are made there (tuner/train/pipeline.py);
     # loader: torch's DataLoader; auto: device when the split fits in a quarter of the device's free memory.
     pipeline: Literal["auto", "device", "loader"] = "auto"
-    # torch.compile the model (in place). Off by default: compiling costs time in every trial, and its gain has not
-    # been measured on a GPU yet.
-    compile: bool = False
+    # torch.compile the model (in place, after the DDP wrap): false | true (= default) | default | reduce-overhead
+    # (CUDA graphs: for small batches, where kernel launches on the host set the pace). Off by default: compiling
+    # costs time in every trial, and its gain has not been measured on a GPU yet (BENCHMARKS.md).
+    compile: bool | Literal["default", "reduce-overhead"] = False
+    _compile = field_validator("compile", mode="before")(
+        lambda v: v if isinstance(v, bool) else _one_of(v, ("false", "true", "default", "reduce-overhead")))
 
     _model = field_validator("model")(lambda v: _one_of(v, list_models()))
     _optimizer = field_validator("optimizer")(lambda v: _one_of(v, list_optimizers()))

@@ -2,17 +2,20 @@
 
 Where it runs is hidden behind a small `Session` (see tuner/sessions.py): the loop asks it for the device, the
 checkpoint to resume from, and where to report each epoch. That keeps this file free of Ray and testable alone.
+It imports without Ray, MLflow, Optuna, pydantic and PyYAML too (the study schema loads when `run_training` runs):
+bench/gpu_bench.py times `train_one_epoch` on a bare GPU machine that has torch and nothing else.
 """
 from __future__ import annotations
 
+import gc
 import math
 import random
 import tempfile
 import time
-from contextlib import nullcontext
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
 import numpy as np
 import torch
@@ -22,17 +25,26 @@ from torch.utils.data import DataLoader
 
 from leukotune.data import CellDataset, augmentation_factor, channel_stats, collate_batch
 from leukotune.models import build_optimizer, get_model, get_model_spec
-from leukotune.tuner.config import StudyConfig, model_kwargs
 from leukotune.tuner.metrics import classification_metrics, is_better
 from leukotune.tuner.train.checkpoints import (
     BEST_FILE,
     STATE_FILE,
     CheckpointError,
+    CheckpointFolder,
+    frozen_digest,
+    load_trainable_state,
     read_checkpoint_file,
-    write_checkpoint,
+    trainable_state,
 )
-from leukotune.tuner.train.data_source import prepare_study_data
 from leukotune.tuner.train.pipeline import Batches, DeviceSplit, on_device, resolve_pipeline, set_epoch
+
+if TYPE_CHECKING:
+    from leukotune.tuner.config import StudyConfig
+
+# train.compile: off, torch.compile's default mode, or CUDA graphs ("reduce-overhead") for small batches, where a
+# step is a hundred-odd kernel launches and the host, not the GPU, sets the pace.
+COMPILE_MODES: dict[Any, str | None] = {False: None, True: "default", "default": "default",
+                                        "reduce-overhead": "reduce-overhead"}
 
 
 class Session(Protocol):
@@ -106,14 +118,24 @@ def build_device_splits(study: StudyConfig, data, prep: dict[str, Any], session:
 
 
 def build_batches(study: StudyConfig, data, prep: dict[str, Any], session: Session, log=print
-                  ) -> tuple[Batches, Batches]:
-    """train.pipeline: the device-resident splits, or the DataLoaders when asked for or when they do not fit."""
+                  ) -> tuple[Batches, Batches, str]:
+    """train.pipeline: the device-resident splits, or the DataLoaders when asked for or when they do not fit;
+    returns both splits and the pipeline chosen (`device` or `loader`)."""
     split_bytes = (len(data.train_idx) + len(data.val_idx)) * int(np.prod(data.images.shape[1:]))
-    choice = resolve_pipeline(study.train.pipeline, split_bytes, session.device())
+    # Free memory differs between ranks; a rank on the loader and another on the device split would step through
+    # different batch counts and wait in DDP's all-reduce until NCCL's timeout. Rank 0 decides for all.
+    choice = rank0_decides(resolve_pipeline(study.train.pipeline, split_bytes, session.device()), session)
     log(f"input pipeline: {choice} (train.pipeline={study.train.pipeline}, {split_bytes / 2**20:.0f} MiB of images)")
     if choice == "device":
-        return build_device_splits(study, data, prep, session)
-    return build_loaders(study, data, prep, session)
+        return (*build_device_splits(study, data, prep, session), choice)
+    return (*build_loaders(study, data, prep, session), choice)
+
+
+def describe_device(device: torch.device) -> str:
+    """What a trial trained on, as its run records it: `cpu`, or `cuda:0 (NVIDIA H200)`."""
+    if device.type != "cuda":
+        return device.type
+    return f"{device} ({torch.cuda.get_device_name(device)})"
 
 
 def class_weight_tensor(labels: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -123,22 +145,31 @@ def class_weight_tensor(labels: np.ndarray, device: torch.device) -> torch.Tenso
     return torch.tensor(weights, dtype=torch.float32, device=device)
 
 
-def autocast_for(device: torch.device):
+def autocast_for(device: torch.device, enabled: bool = True):
     # bf16 on GPU only: on CPU autocast slows the small CNN down and changes nothing useful.
-    return torch.autocast("cuda", dtype=torch.bfloat16) if device.type == "cuda" else nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16) if enabled and device.type == "cuda" else nullcontext()
 
 
-def train_one_epoch(model: nn.Module, loader: Batches, optimizer, loss_fn, device: torch.device) -> dict[str, float]:
-    """One pass over `loader` (a DataLoader or a DeviceSplit); loss and accuracy are read back once, at the end."""
+def _distributed(gather: bool) -> bool:
+    return gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1
+
+
+def train_one_epoch(model: nn.Module, loader: Batches, optimizer, loss_fn, device: torch.device, *,
+                    gather: bool = False, mixed_precision: bool = True) -> dict[str, float]:
+    """One pass over `loader` (a DataLoader or a DeviceSplit); loss and accuracy are read back once, at the end.
+
+    gather=True (DDP, every rank calling): loss, accuracy and images per second are over all ranks, so every rank
+    reports, and decides on, the same numbers. mixed_precision=False trains in float32 (a baseline for benches).
+    """
     model.train()
     # Sums stay on the device: a float()/int() per step would wait for the GPU to finish every batch.
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
-    correct = torch.zeros((), dtype=torch.int64, device=device)
+    correct = torch.zeros((), dtype=torch.float64, device=device)
     seen = 0
     start = time.perf_counter()
     for images, labels in on_device(loader, device):
         optimizer.zero_grad(set_to_none=True)
-        with autocast_for(device):
+        with autocast_for(device, mixed_precision):
             logits = model(images)
             loss = loss_fn(logits.float(), labels)
         loss.backward()
@@ -146,10 +177,13 @@ def train_one_epoch(model: nn.Module, loader: Batches, optimizer, loss_fn, devic
         total_loss += loss.detach() * len(labels)
         correct += (logits.argmax(1) == labels).sum()
         seen += len(labels)
-    loss_sum, correct_sum = total_loss.item(), correct.item()  # the epoch's one synchronisation
+    sums = torch.stack([total_loss, correct, torch.tensor(float(seen), dtype=torch.float64, device=device)])
+    if _distributed(gather):
+        dist.all_reduce(sums)  # also lines the ranks up: the seconds below are the slowest rank's
+    loss_sum, correct_sum, seen_all = sums.tolist()  # the epoch's one synchronisation
     seconds = time.perf_counter() - start
-    return {"train_loss": loss_sum / max(seen, 1), "train_accuracy": correct_sum / max(seen, 1),
-            "train_seconds": seconds, "train_samples_per_second": seen / max(seconds, 1e-9)}
+    return {"train_loss": loss_sum / max(seen_all, 1), "train_accuracy": correct_sum / max(seen_all, 1),
+            "train_seconds": seconds, "train_samples_per_second": seen_all / max(seconds, 1e-9)}
 
 
 @torch.no_grad()
@@ -172,7 +206,7 @@ def evaluate(model: nn.Module, loader: Batches, loss_fn, device: torch.device, *
     y_true = torch.cat(labels_all).cpu().numpy() if labels_all else np.zeros(0, dtype=np.int64)
     prob_all = torch.cat(probs).cpu().numpy() if probs else np.zeros(0, dtype=np.float32)
     loss_sum = total_loss.item()
-    if gather and dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1:
+    if _distributed(gather):
         y_true, prob_all, loss_sum = _gather_predictions(y_true, prob_all, loss_sum)
     metrics = {f"val_{k}": v for k, v in classification_metrics(y_true, prob_all).items()}
     metrics["val_loss"] = loss_sum / max(len(y_true), 1)
@@ -188,9 +222,52 @@ def _gather_predictions(y_true: np.ndarray, probs: np.ndarray, loss_sum: float) 
             float(sum(p[2] for p in parts)))
 
 
+def rank0_decides(value: Any, session: Session) -> Any:
+    """Rank 0's `value` on every rank (a collective: every rank calls it at the same point).
+
+    A choice each rank made alone (the input pipeline from its own free memory, stopping on its own loss) can send
+    ranks down different paths, and the ones left in a collective wait until NCCL's timeout.
+    """
+    if session.world_size == 1 or not (dist.is_available() and dist.is_initialized()):
+        return value
+    box = [value if session.world_rank == 0 else None]
+    device = session.device()
+    dist.broadcast_object_list(box, src=0, device=device if device.type == "cuda" else None)
+    return box[0]
+
+
 def _memory_format(device: torch.device) -> torch.memory_format:
     # channels_last feeds cuDNN's NHWC kernels on GPU; on CPU it only adds copies.
     return torch.channels_last if device.type == "cuda" else torch.contiguous_format
+
+
+def configure_device(device: torch.device) -> None:
+    """Per-process settings of the training device: cuDNN picks its fastest kernels, once per input shape
+    (a trial's shapes are fixed, so the search at the first batches pays back within the epoch)."""
+    if device.type == "cuda":
+        torch.backends.cudnn.benchmark = True
+
+
+def compile_model(model: nn.Module, setting: Any) -> nn.Module:
+    """`train.compile` applied in place (the state dict keys, and so the checkpoints, stay the plain model's).
+
+    Call it on the model as DDP wrapped it: compiling the wrapper lets torch split the graph at DDP's gradient
+    buckets so communication overlaps the backward pass.
+    """
+    mode = COMPILE_MODES[setting]
+    if mode is not None:
+        model.compile(mode=mode)
+    return model
+
+
+def release_trial_state(device: torch.device, setting: Any) -> None:
+    """What a finished trial leaves in its process, released: Tune reuses trial processes, and the next trial
+    must not inherit compiled graphs (or their CUDA graph pools) nor the memory the caching allocator holds."""
+    if COMPILE_MODES[setting] is not None:
+        torch.compiler.reset()
+    if device.type == "cuda":
+        gc.collect()  # the trial's tensors may sit in reference cycles until the next collection
+        torch.cuda.empty_cache()
 
 
 def unwrap(model: nn.Module) -> nn.Module:
@@ -198,83 +275,126 @@ def unwrap(model: nn.Module) -> nn.Module:
 
 
 def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
-    return {k: v.detach().cpu().clone() for k, v in unwrap(model).state_dict().items()}
+    # Written to disk at once by the caller: a host tensor needs no clone, a device tensor is copied by .cpu().
+    return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
-def restore_state(session: Session, model: nn.Module, optimizer, log) -> tuple[LoopState, list[dict], dict | None]:
-    """Resume from the session's checkpoint if there is a good one; a corrupt one is reported and ignored."""
+def restore_state(session: Session, model: nn.Module, optimizer, digest: str | None, folder: CheckpointFolder | None,
+                  log) -> tuple[LoopState, list[dict]]:
+    """Resume from the session's checkpoint if there is a good one; a corrupt one is reported and ignored.
+
+    `digest` is the frozen part of `model` as built (checked against a partial state); the checkpoint's best.pt is
+    copied as it is into `folder` (rank 0's), so later epochs report it until a better epoch replaces it.
+    """
     with session.restore_dir() as directory:
         if directory is None:
-            return LoopState(), [], None
+            return LoopState(), []
         try:
             state = read_checkpoint_file(Path(directory), STATE_FILE)
-            best = read_checkpoint_file(Path(directory), BEST_FILE) if (Path(directory) / BEST_FILE).exists() else None
+            if folder is not None and (Path(directory) / BEST_FILE).exists():
+                folder.copy_best(Path(directory))
         except (CheckpointError, RuntimeError, EOFError, OSError) as exc:
             log(f"WARNING: ignoring checkpoint {directory}: {exc}; restarting this trial from epoch 0")
-            return LoopState(), [], None
-    unwrap(model).load_state_dict(state["model"])
+            return LoopState(), []
+    # A checkpoint that reads fine but does not fit this network (or its frozen weights) is an error, not damage:
+    # it fails the trial loudly instead of training on half-loaded weights.
+    load_trainable_state(unwrap(model), state, digest)
     optimizer.load_state_dict(state["optimizer"])
     loop = LoopState(epoch=state["epoch"], best_value=state.get("best_value"), best_epoch=state.get("best_epoch", 0))
     log(f"resumed from checkpoint at epoch {loop.epoch}")
-    return loop, list(state.get("history", [])), best
+    return loop, list(state.get("history", []))
 
 
 def run_training(study: StudyConfig, session: Session, log=print) -> dict[str, Any]:
     """Train `study.train` on the study's data; report every epoch with a checkpoint; return the last metrics."""
+    try:
+        return _train(study, session, log)
+    finally:
+        release_trial_state(session.device(), study.train.compile)
+
+
+def _train(study: StudyConfig, session: Session, log) -> dict[str, Any]:
+    # Imported here, not at the top: the schema needs pydantic and PyYAML, and the loop's per-epoch functions must
+    # import on a machine that has torch and nothing else (bench/gpu_bench.py).
+    from leukotune.tuner.config import model_kwargs
+    from leukotune.tuner.train.data_source import prepare_study_data
+
     train = study.train
     seed_everything(train.seed + session.world_rank)
     device = session.device()
+    configure_device(device)
     data = prepare_study_data(study)  # its test_idx is never read here: the test side waits for the search's end
     prep = preprocessing_facts(study, data.images, data.train_idx)
     kwargs = model_kwargs(train)
-    model = get_model(train.model, **kwargs).to(device, memory_format=_memory_format(device))
-    if train.compile:
-        model.compile()  # in place: the state_dict keys (and so the checkpoints) stay those of the plain model
-    model = session.prepare_model(model)
+    model = get_model(train.model, **kwargs)
+    digest = frozen_digest(model)  # on the host, as built: what a resumed partial state.pt must have had under it
+    model = model.to(device, memory_format=_memory_format(device))
+    model = compile_model(session.prepare_model(model), train.compile)  # after the DDP wrap
     optimizer = build_optimizer(train.optimizer, model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     weight = class_weight_tensor(data.labels[data.train_idx], device) if train.class_weights else None
     loss_fn = nn.CrossEntropyLoss(weight=weight)
-    train_loader, val_loader = build_batches(study, data, prep, session, log)
-    loop, history, best = restore_state(session, model, optimizer, log)
+    train_loader, val_loader, pipeline = build_batches(study, data, prep, session, log)
     metric, mode = study.tune.metric, study.tune.mode
-    last: dict[str, Any] = history[-1] if history else {}
-    for epoch in range(loop.epoch + 1, train.epochs + 1):
-        set_epoch(train_loader, epoch)
-        # Validation runs on the unwrapped model: DDP's forward would sync buffers across ranks whose shards differ
-        # in length; each rank scores its shard and evaluate(gather=True) joins them.
-        epoch_metrics = {"epoch": epoch, **train_one_epoch(model, train_loader, optimizer, loss_fn, device),
-                         **evaluate(unwrap(model), val_loader, loss_fn, device, gather=session.world_size > 1)}
-        if is_better(epoch_metrics.get(metric), loop.best_value, mode):
-            loop.best_value, loop.best_epoch = epoch_metrics[metric], epoch
-            best = {"model": _cpu_state(model), "model_name": train.model, "model_kwargs": kwargs,
-                    "preprocessing": prep, "config": study.to_dict(), "epoch": epoch,
-                    "metrics": {k: v for k, v in epoch_metrics.items() if isinstance(v, (int, float))}}
-        loop.epoch = epoch
-        history.append({k: v for k, v in epoch_metrics.items() if isinstance(v, (int, float))})
-        last = {**epoch_metrics, "best_epoch": loop.best_epoch, f"best_{metric}": loop.best_value,
-                "train_samples": int(len(data.train_idx)), "val_samples": int(len(data.val_idx)),
-                "data_fingerprint": data.fingerprint}
-        _report_epoch(session, model, optimizer, loop, history, best, last)
-        log(format_epoch(last, metric))
-        if train.stop_on_nan and not math.isfinite(epoch_metrics["train_loss"]):
-            log(f"stopping: training loss is {epoch_metrics['train_loss']} at epoch {epoch}")
-            break
+    distributed = session.world_size > 1
+    # Only rank 0 writes checkpoints: with DDP every rank holds the same weights.
+    with _checkpoint_folder(session) as folder:
+        loop, history = restore_state(session, model, optimizer, digest, folder, log)
+        last: dict[str, Any] = history[-1] if history else {}
+        for epoch in range(loop.epoch + 1, train.epochs + 1):
+            set_epoch(train_loader, epoch)
+            # Validation runs on the unwrapped model: DDP's forward would sync buffers across ranks whose shards
+            # differ in length; each rank scores its shard and evaluate(gather=True) joins them.
+            epoch_metrics = {"epoch": epoch,
+                             **train_one_epoch(model, train_loader, optimizer, loss_fn, device, gather=distributed),
+                             **evaluate(unwrap(model), val_loader, loss_fn, device, gather=distributed)}
+            improved = is_better(epoch_metrics.get(metric), loop.best_value, mode)
+            if improved:
+                loop.best_value, loop.best_epoch = epoch_metrics[metric], epoch
+            loop.epoch = epoch
+            history.append({k: v for k, v in epoch_metrics.items() if isinstance(v, (int, float))})
+            last = {**epoch_metrics, "best_epoch": loop.best_epoch, f"best_{metric}": loop.best_value,
+                    "train_samples": int(len(data.train_idx)), "val_samples": int(len(data.val_idx)),
+                    "data_fingerprint": data.fingerprint, "device": describe_device(device), "pipeline": pipeline}
+            best = None
+            if improved:
+                best = {"model_name": train.model, "model_kwargs": kwargs, "preprocessing": prep,
+                        "config": study.to_dict(), "epoch": epoch, "metrics": history[-1]}
+            last["checkpoint_seconds"] = write_epoch_checkpoint(folder, model, optimizer, loop, history, digest, best)
+            session.report(last, folder.directory if folder is not None else None)
+            log(format_epoch(last, metric))
+            if train.stop_on_nan and rank0_decides(not math.isfinite(epoch_metrics["train_loss"]), session):
+                log(f"stopping: training loss is {epoch_metrics['train_loss']} at epoch {epoch}")
+                break
     return last
 
 
-def _report_epoch(session: Session, model, optimizer, loop: LoopState, history, best, metrics) -> None:
-    # Only rank 0 writes a checkpoint: with DDP every rank holds the same weights.
+@contextmanager
+def _checkpoint_folder(session: Session) -> Iterator[CheckpointFolder | None]:
+    """Rank 0's checkpoint folder for the whole trial (the session copies it at each report); None elsewhere."""
     if session.world_rank != 0:
-        session.report(metrics, None)
+        yield None
         return
-    state = {"model": _cpu_state(model), "optimizer": optimizer.state_dict(), "epoch": loop.epoch,
-             "best_value": loop.best_value, "best_epoch": loop.best_epoch, "history": history}
     with tempfile.TemporaryDirectory(prefix="leukotune-ckpt-") as tmp:
-        write_checkpoint(Path(tmp), state, best)
-        session.report(metrics, Path(tmp))
+        yield CheckpointFolder(Path(tmp))
+
+
+def write_epoch_checkpoint(folder: CheckpointFolder | None, model, optimizer, loop: LoopState, history: list[dict],
+                           digest: str | None, best: dict[str, Any] | None) -> float:
+    """This epoch's files: state.pt (a frozen backbone left out), and best.pt only when this epoch is the new best.
+    Returns the seconds spent, reported beside the epoch's own."""
+    if folder is None:
+        return 0.0
+    start = time.perf_counter()
+    if best is not None:
+        folder.write_best({"model": _cpu_state(model), **best})  # the whole network: export rebuilds from it alone
+    folder.write_state({"model": trainable_state(unwrap(model)), "frozen_sha256": digest,
+                        "optimizer": optimizer.state_dict(), "epoch": loop.epoch, "best_value": loop.best_value,
+                        "best_epoch": loop.best_epoch, "history": history})
+    return time.perf_counter() - start
 
 
 def format_epoch(metrics: dict[str, Any], metric: str) -> str:
     return (f"epoch {metrics['epoch']:>3}  train_loss {metrics['train_loss']:.4f}  val_loss {metrics['val_loss']:.4f}  "
             f"val_acc {metrics['val_accuracy']:.4f}  {metric} {metrics.get(metric, float('nan')):.4f}  "
-            f"({metrics['train_samples_per_second']:.0f} img/s)")
+            f"({metrics['train_samples_per_second']:.0f} img/s, "
+            f"checkpoint {metrics.get('checkpoint_seconds', 0.0):.2f} s)")
