@@ -117,6 +117,11 @@ def with_retries(call: Callable[[], Any], what: str, attempts: int = 8, first_de
 
 
 def code_version() -> str:
+    """`<version>+<commit>` of the code running here; in a job `leukotune submit` started, what it shipped (the job's
+    copy of the code has no .git to ask)."""
+    shipped = os.environ.get("LEUKOTUNE_CODE_VERSION")
+    if shipped:
+        return shipped
     try:
         sha = subprocess.run(["git", "rev-parse", "--short", "HEAD"], capture_output=True, text=True, timeout=5,
                              cwd=Path(__file__).resolve().parent).stdout.strip()
