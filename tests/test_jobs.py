@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import io
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -9,7 +10,10 @@ from pathlib import Path
 import pytest
 from e2e.servers import free_port, ray_env, start_ray_head, write_token
 
-from leukotune.tuner.cluster import jobs
+from leukotune.tuner.cluster import jobs, shipped_code
+from leukotune.tuner.tracking.client import code_version
+
+from conftest import REPO_ROOT
 
 LEUKOTUNE = str(Path(sys.executable).parent / "leukotune")
 
@@ -35,8 +39,8 @@ def test_entrypoint_passes_overrides_and_data_with_a_relative_config(tmp_path):
     config = tmp_path / "studies" / "smoke.yaml"
     config.write_text("name: smoke\n")
     entry = jobs.study_entrypoint(config, tmp_path, ["tune.num_samples=2", "train.lr=1e-3"], "/data/my cells")
-    assert entry == ("leukotune tune --config studies/smoke.yaml --set tune.num_samples=2 --set train.lr=1e-3 "
-                     "--data '/data/my cells'")
+    assert entry == ("python -m leukotune.tuner.cli tune --config studies/smoke.yaml --set tune.num_samples=2 "
+                     "--set train.lr=1e-3 --data '/data/my cells'")
 
 
 def test_entrypoint_refuses_a_config_outside_the_uploaded_folder(tmp_path):
@@ -80,6 +84,64 @@ def test_unreachable_address_is_one_line_and_exit_2():
     assert done.returncode == 2
     assert done.stderr.startswith("error: Ray dashboard at") and "unreachable" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
+
+
+# ---------------------------------------------------------------- the job's own code
+
+def make_checkout(folder: Path, version: str = "1.2.3") -> Path:
+    for name in shipped_code.PACKAGES:
+        (folder / name / "__pycache__").mkdir(parents=True)
+        (folder / name / "__init__.py").write_text(f"WHERE = {name!r}\n")
+        (folder / name / "__pycache__" / "x.cpython-311.pyc").write_bytes(b"cache")
+    (folder / "pyproject.toml").write_text(f'[project]\nname = "leukotune"\nversion = "{version}"\n')
+    return folder
+
+
+def git(folder: Path, *args: str) -> str:
+    return subprocess.run(["git", "-c", "user.name=t", "-c", "user.email=t@example.com", *args], cwd=folder,
+                          capture_output=True, text=True, check=True).stdout.strip()
+
+
+def test_staged_code_is_the_package_python_imports_before_the_installed_copy(tmp_path):
+    code = shipped_code.ship(make_checkout(tmp_path / "tree"), tmp_path / "staging")
+    assert code.from_working_dir and code.source == (tmp_path / "tree").resolve()
+    assert sorted(p.name for p in code.package.iterdir()) == ["__init__.py", "data", "models", "tuner"]
+    assert not list(code.package.rglob("__pycache__"))
+    # How Ray runs the job's driver and workers: the py_modules folder's parent first on PYTHONPATH. This venv has
+    # leukotune installed in editable mode (setuptools' finder on sys.meta_path), as the cluster's nodes do.
+    probe = "import leukotune.tuner, leukotune.models; print(leukotune.tuner.__file__, leukotune.models.WHERE)"
+    done = subprocess.run([sys.executable, "-c", probe], cwd=tmp_path, capture_output=True, text=True, check=True,
+                          env={**os.environ, "PYTHONPATH": str(code.package.parent)})
+    assert done.stdout.split() == [str(code.package / "tuner" / "__init__.py"), "models"]
+
+
+def test_the_code_version_names_the_commit_and_any_change(tmp_path):
+    tree = make_checkout(tmp_path / "tree")
+    assert shipped_code.ship(tree, tmp_path / "s1").version.startswith("1.2.3, not a git checkout (files sha256:")
+    git(tree, "init", "-q")
+    git(tree, "add", "data", "models", "tuner", "pyproject.toml")
+    git(tree, "commit", "-q", "-m", "first")
+    sha = git(tree, "rev-parse", "--short", "HEAD")
+    assert shipped_code.ship(tree, tmp_path / "s2").version == f"1.2.3+{sha}"
+    (tree / "tuner" / "new.py").write_text("X = 1\n")  # untracked, but shipped
+    changed = shipped_code.ship(tree, tmp_path / "s3").version
+    assert changed.startswith(f"1.2.3+{sha} with uncommitted changes (files sha256:")
+    (tree / "tuner" / "new.py").write_text("X = 2\n")
+    assert shipped_code.ship(tree, tmp_path / "s4").version != changed  # the digest tells two changes apart
+
+
+def test_a_working_dir_without_the_code_ships_the_copy_running_here(tmp_path):
+    (tmp_path / "studies").mkdir()
+    code = shipped_code.ship(tmp_path / "studies", tmp_path / "staging")
+    assert not code.from_working_dir and code.source == REPO_ROOT
+    assert "the copy running here" in code.describe()
+    assert (code.package / "tuner" / "cluster" / "shipped_code.py").read_bytes() == Path(
+        shipped_code.__file__).read_bytes()
+
+
+def test_code_version_prefers_what_submit_shipped(monkeypatch):
+    monkeypatch.setenv(shipped_code.VERSION_ENV, "9.9.9+abc1234 with uncommitted changes (files sha256:0123)")
+    assert code_version() == "9.9.9+abc1234 with uncommitted changes (files sha256:0123)"
 
 
 # ---------------------------------------------------------------- a real Ray head (token auth on)
@@ -128,6 +190,30 @@ def test_submit_follow_succeeds_and_streams_logs(client, working_dir):
     assert "hello from uploaded False http://127.0.0.1:5999" in out.getvalue()
     assert "hello from uploaded" in jobs.job_logs(client, job_id)
     assert jobs.job_status(client, job_id) == "SUCCEEDED"
+
+
+@pytest.mark.slow
+def test_driver_and_workers_import_the_shipped_code(client, working_dir, tmp_path):
+    # The Ray head runs this venv, where leukotune is installed from the checkout (editable): without the shipped
+    # package both processes would import REPO_ROOT/tuner.
+    (working_dir / "probe.py").write_text(
+        "import os, ray, leukotune.tuner\n"
+        "print('driver', leukotune.tuner.__file__, os.environ['LEUKOTUNE_CODE_VERSION'])\n"
+        "@ray.remote\n"
+        "def where():\n"
+        "    import leukotune.tuner\n"
+        "    return leukotune.tuner.__file__, os.environ['LEUKOTUNE_CODE_VERSION']\n"
+        "print('worker', *ray.get(where.remote()))\n")
+    code = shipped_code.ship(working_dir, tmp_path / "staging")
+    job_id = jobs.submit(client, "python probe.py", working_dir, {}, jobs.submission_id("code"), code=code)
+    out = io.StringIO()
+    assert jobs.follow(client, job_id, out=out) == "SUCCEEDED", out.getvalue()
+    lines = {line.split()[0]: line.split(maxsplit=2)[1:] for line in out.getvalue().splitlines()
+             if line.startswith(("driver ", "worker "))}
+    for role in ("driver", "worker"):
+        path, version = lines[role]
+        assert "py_modules_files" in path and not Path(path).is_relative_to(REPO_ROOT), lines
+        assert path.endswith("leukotune/tuner/__init__.py") and version == code.version
 
 
 @pytest.mark.slow

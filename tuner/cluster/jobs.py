@@ -1,8 +1,10 @@
 """Studies as Ray Jobs: submit the project to a cluster's dashboard, follow, inspect and stop its jobs.
 
-The job's entrypoint is `leukotune tune`, run on the head node with the project uploaded as its working_dir, so
-the cluster trains the code and study file you have here. Works with Ray's token authentication: the token is
-found where Ray itself looks for it and is only ever sent as a request header, never printed.
+The job's entrypoint is `python -m leukotune.tuner.cli tune`, run on the head node with the project uploaded as
+its working_dir (the study file) and the submitted tree's code shipped as the `leukotune` package (py_modules, see
+shipped_code.py), so the driver and every trial run the code and study file you have here, not the copy installed
+on the nodes. Works with Ray's token authentication: the token is found where Ray itself looks for it and is only
+ever sent as a request header, never printed.
 """
 from __future__ import annotations
 
@@ -14,6 +16,7 @@ import re
 import shlex
 import socket
 import sys
+import tempfile
 import time
 import uuid
 from pathlib import Path
@@ -24,6 +27,7 @@ from ray.exceptions import AuthenticationError
 from ray.job_submission import JobSubmissionClient
 
 from leukotune.tuner.cluster.ray_cluster import ClusterError, gcs_endpoint, probe
+from leukotune.tuner.cluster.shipped_code import VERSION_ENV, ShippedCode, ship
 from leukotune.tuner.config import StudyConfig
 from leukotune.tuner.tracking.client import redact
 
@@ -158,14 +162,17 @@ def cluster_call(client, job_id: str | None = None) -> Iterator[None]:
 # ---------------------------------------------------------------- submitting
 
 def study_entrypoint(config: Path, working_dir: Path, overrides: list[str], data: str | None) -> str:
-    """`leukotune tune --config <path inside the working_dir> [--set ...] [--data ...]`, shell-quoted."""
+    """`python -m leukotune.tuner.cli tune --config <path inside the working_dir> [--set ...] [--data ...]`, quoted.
+
+    Through the package, not the `leukotune` script: the shipped package is what `python` imports, and a node that
+    has leukotune's dependencies but no leukotune installed runs the job too."""
     config_abs, root = config.expanduser().resolve(), working_dir.expanduser().resolve()
     try:
         relative = config_abs.relative_to(root)
     except ValueError:
         raise ClusterError(f"--config {config} is outside the project folder {root} that is uploaded to the "
                            f"cluster; move it inside or pass --working-dir") from None
-    args = ["leukotune", "tune", "--config", relative.as_posix()]
+    args = ["python", "-m", "leukotune.tuner.cli", "tune", "--config", relative.as_posix()]
     for override in overrides:
         args += ["--set", override]
     if data:
@@ -188,13 +195,17 @@ def submission_id(study_name: str) -> str:
 
 
 def submit(client: JobSubmissionClient, entrypoint: str, working_dir: Path, env: dict[str, str], job_name: str,
-           metadata: dict[str, str] | None = None) -> str:
-    """Upload the working_dir (minus the excludes) and start the entrypoint on the head; returns the job id."""
+           metadata: dict[str, str] | None = None, code: ShippedCode | None = None) -> str:
+    """Upload the working_dir (minus the excludes) and the staged code, if any, and start the entrypoint on the head;
+    returns the job id. Ray uploads both before `submit_job` returns: the staging folder may go afterwards."""
     # Ray logs each default-excluded folder and ignore file it meets; the summary printed before is enough.
     for name in ("ray._private.runtime_env.working_dir", "ray._private.runtime_env.packaging"):
         logging.getLogger(name).setLevel(logging.ERROR)
     runtime_env: dict[str, Any] = {"working_dir": str(working_dir.expanduser().resolve()),
                                    "excludes": list(WORKING_DIR_EXCLUDES)}
+    if code is not None:
+        runtime_env["py_modules"] = [str(code.package)]
+        env = {**env, VERSION_ENV: code.version}
     if env:
         runtime_env["env_vars"] = dict(env)
     with cluster_call(client):
@@ -205,7 +216,8 @@ def submit(client: JobSubmissionClient, entrypoint: str, working_dir: Path, env:
 def submit_study(client: JobSubmissionClient, study: StudyConfig, config: Path, overrides: list[str],
                  data: str | None, working_dir: Path, tracking_uri: str | None,
                  log: Callable[[str], None] = print) -> str:
-    """Submit the (already validated) study as a job whose entrypoint is `leukotune tune` with the same flags."""
+    """Submit the (already validated) study as a job whose entrypoint is `leukotune tune` with the same flags, running
+    the submitted tree's code on the driver and every worker."""
     entrypoint = study_entrypoint(config, working_dir, overrides, data)
     env = forwarded_env(tracking_uri)
     uri = env.get("MLFLOW_TRACKING_URI")
@@ -223,7 +235,11 @@ def submit_study(client: JobSubmissionClient, study: StudyConfig, config: Path, 
     log(f"working_dir: {working_dir.expanduser().resolve()} (excluding {', '.join(WORKING_DIR_EXCLUDES[:6])}, ...)")
     if uri:
         log(f"MLflow: {redact(uri)}")
-    return submit(client, entrypoint, working_dir, env, submission_id(study.name), {"study": study.name})
+    with tempfile.TemporaryDirectory(prefix="leukotune-code-") as staging:
+        code = ship(working_dir, Path(staging))
+        log(code.describe())
+        return submit(client, entrypoint, working_dir, env, submission_id(study.name),
+                      {"study": study.name, "code_version": code.version}, code)
 
 
 # ---------------------------------------------------------------- watching
