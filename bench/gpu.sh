@@ -1,19 +1,19 @@
 #!/usr/bin/env bash
-# The GPU table of issue 10 on one CUDA GPU (an H200 is the target), in under 8 minutes; prints one table.
-#   bench/gpu.sh              # on the GPU machine, from a checkout: makes .venv with leukotune if missing
-#   bench/gpu.sh --dry-run    # the same code on CPU with tiny sizes (under 3 minutes): shows it works, measures nothing
-# Extra arguments go to bench/gpu_bench.py (e.g. --json out.json).
+# The GPU check of issue 20 (bench/gpu_bench.py) on one CUDA GPU, in at most five minutes, with the machine's own
+# Python and torch: nothing is installed or downloaded, and leukotune is imported from this working tree (no Ray,
+# MLflow, Optuna, pydantic or PyYAML needed). Each row is printed as it finishes; --json FILE is rewritten after
+# each row, so a run cut off by its time limit keeps what it measured.
+#   bench/gpu.sh --json "$OUT/gpu.json"   # on the GPU machine (BENCHMARKS.md: how to run it with the device tool)
+#   bench/gpu.sh --dry-run                # the same code on CPU with tiny sizes (tests/test_gpu_bench.py runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-PY=.venv/bin/python
-if ! "$PY" -c "import leukotune.tuner.train.pipeline, torch" 2>/dev/null; then
-  # Install only what is missing: the pinned torch, ray, mlflow come from pyproject.toml.
-  [ -x "$PY" ] || python3 -m venv .venv
-  "$PY" -m pip install -q --upgrade pip
-  "$PY" -m pip install -q -e .
-fi
+# $PYTHON if set; else this checkout's .venv when it has torch (a development machine); else the machine's python3.
+PY=python3
+if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then PY=.venv/bin/python; fi
+PY=${PYTHON:-$PY}
 if [[ " $* " != *" --dry-run "* ]]; then
-  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader
+  nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode --format=csv,noheader || true
 fi
-# 450 s for the benchmark itself leaves the rest of 8 minutes for the install above.
-exec timeout 450 "$PY" bench/gpu_bench.py "$@"
+# The check skips any section that would start after 285 s; timeout ends whatever still runs at 300 s (SIGTERM,
+# which stops the packed workers and the MPS daemon; SIGKILL 10 s later).
+exec timeout -k 10 300 "$PY" -u bench/gpu_bench.py "$@"
