@@ -1,13 +1,16 @@
 """A study of hundreds of one-second trials: does it finish cleanly, does the driver's memory stay put, and how close
 is its wall time to the ideal (the trials' own compute divided by the concurrency)?
 
-    nice .venv/bin/python bench/scale_bench.py [--trials 200] [--bare-samples 10]
+    nice .venv/bin/python bench/scale_bench.py [--trials 200] [--bare-samples 10] [--keep]
 
 The trials are the smoke study's CNN (2-3 conv layers) at 64 px (the schema's smallest image size), one epoch on
 16 synthetic subjects x 48 cells (about a second each here), FIFO, two at a time. Three ideals are reported, each
 as total trial compute / 2: from Tune's own `time_total_s` of each trial (time inside the trainable); from
 `--bare-samples` of the sampled configurations (spread over the leaderboard) trained alone outside Ray; and from
 the same configurations trained outside Ray two processes at a time (what the 2 vCPUs allow).
+
+Its working folder (the study's runs, MLflow's store, the data cache: about 2 GB for 200 trials) is removed at the
+end, however the run ends; `--keep` leaves it and prints where it is.
 """
 from __future__ import annotations
 
@@ -15,6 +18,7 @@ import argparse
 import json
 import multiprocessing
 import os
+import shutil
 import tempfile
 import threading
 import time
@@ -74,8 +78,20 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--trials", type=int, default=200)
     parser.add_argument("--bare-samples", type=int, default=10)
+    parser.add_argument("--keep", action="store_true", help="keep the working folder (runs, MLflow, cache)")
     args = parser.parse_args()
     workdir = Path(tempfile.mkdtemp(prefix="leukotune-scale-"))
+    try:
+        print(json.dumps(measure(args, workdir), indent=2))
+    finally:
+        if args.keep:
+            print(f"working folder kept: {workdir}")
+        else:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+
+def measure(args: argparse.Namespace, workdir: Path) -> dict:
+    """Run the study in `workdir` and the bare trials; the report's figures."""
     os.environ["LEUKOTUNE_CACHE_DIR"] = str(workdir / "cache")
     os.environ["MLFLOW_TRACKING_URI"] = f"sqlite:///{workdir / 'mlflow.db'}"
     study = load_study(STUDY, [
@@ -133,9 +149,9 @@ def main() -> None:
         "span_ratio_to_ideal_from_bare_two_at_a_time": round(span / (paired_mean * args.trials / concurrency), 2),
         "driver_rss_mib": {"start": round(rss_start), "end": round(rss_end),
                            "peak_sampled": round(max(sampler.samples, default=rss_end))},
-        "workdir": str(workdir),
+        "workdir": str(workdir) if args.keep else None,
     }
-    print(json.dumps(report, indent=2))
+    return report
 
 
 if __name__ == "__main__":
