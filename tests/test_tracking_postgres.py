@@ -86,3 +86,15 @@ def test_mlflow_server_gets_the_password_in_its_environment_not_on_its_command_l
     assert "hunter2" not in "\n".join(describe(plan)) and plan.password_in_env
     sqlite = plan_server(artifacts_destination=str(tmp_path / "art"), root=tmp_path / "server")
     assert not sqlite.password_in_env and "PGPASSWORD" not in sqlite.env
+
+
+def test_mlflow_server_refuses_a_postgres_store_that_does_not_answer_before_it_starts(tmp_path):
+    from leukotune.tuner.cluster.mlflow_server import ServerError, prepare_backend_store
+
+    plan = plan_server(backend_store_uri=f"postgresql://mlflow:hunter2@127.0.0.1:{free_port()}/mlflow",
+                       artifacts_destination=str(tmp_path / "art"), root=tmp_path / "unused")
+    with pytest.raises(ServerError) as info:
+        prepare_backend_store(plan, timeout_s=2)
+    message = str(info.value)
+    assert message.startswith("backend store postgresql://mlflow:***@127.0.0.1:") and "does not answer" in message
+    assert "hunter2" not in message and "\n" not in message

@@ -213,6 +213,7 @@ class Postgres:
                                autocommit=True, connect_timeout=10)
 
     def create_database(self, owner: str, password: str, database: str) -> None:
+        """A login role with this password and a database it owns."""
         from psycopg import sql
 
         with self.superuser() as connection:
@@ -220,6 +221,13 @@ class Postgres:
             # cluster logs statements only when they fail (log_min_error_statement).
             connection.execute(sql.SQL("CREATE ROLE {} LOGIN PASSWORD {}").format(sql.Identifier(owner),
                                                                                    sql.Literal(password)))
+        self.add_database(owner, database)
+
+    def add_database(self, owner: str, database: str) -> None:
+        """Another (empty) database of an existing role."""
+        from psycopg import sql
+
+        with self.superuser() as connection:
             connection.execute(sql.SQL("CREATE DATABASE {} OWNER {}").format(sql.Identifier(database),
                                                                              sql.Identifier(owner)))
 

@@ -1,6 +1,7 @@
 """A team's tracking store on a real database: a throwaway PostgreSQL 15, `leukotune mlflow-server` on it, two smoke
-studies against that server at the same time, promotion and prediction through it; and the PostgreSQL URIs that
-cannot work (no server, a wrong password, no database) refused in one line before anything starts.
+studies against that server at the same time, promotion and prediction through it, two servers (replicas) starting
+together on a new database; and the PostgreSQL stores that cannot work (no server, a wrong password, no database,
+an out-of-date schema) refused in one line before anything starts.
 
 The database password is random per run and must appear in no output, no log and no server command line.
 `make e2e` runs it (CI too). PostgreSQL is stopped and its folder removed whatever fails.
@@ -193,30 +194,46 @@ def test_promote_then_predict_through_the_server(store, studies):
     assert store.postgres.count(DATABASE, "model_versions") == 1
 
 
-def test_the_password_appears_in_no_output_log_or_command_line(store, studies):
-    assert len(store.outputs) >= 2  # both studies, and whatever other test ran before this one
-    leaked = [name for name, text in store.outputs.items() if store.password in text]
-    server_log = store.server.log.read_text(errors="replace")
-    leaked += [str(log) for log, text in ((store.server.log, server_log),
-                                          (store.postgres.log, store.postgres.log.read_text(errors="replace")))
-               if store.password in text]
-    # Every process of the running server (mlflow, uvicorn and its workers, the job runner), as `ps` shows them.
-    command_lines = _group_command_lines(store.server.process.pid)
-    assert any("uvicorn" in line for line in command_lines), command_lines  # the server's workers were seen
-    leaked += [line for line in command_lines if store.password in line]
-    assert not leaked, leaked
-    assert f"backend store: postgresql://{USER}:***@127.0.0.1:" in server_log  # what the server printed, redacted
+# ---------------------------------------------------------------- replicas
+
+def test_two_servers_starting_together_on_a_new_database_both_come_up(store, tmp_path):
+    # MLflow creates its tables as a server starts; two replicas on a new database would race without the lock.
+    store.postgres.add_database(USER, "mlflow_replicas")
+    uri = store.postgres.uri(USER, store.password, "mlflow_replicas")
+    servers = []
+    try:
+        for index in range(2):
+            port = free_port()
+            command = [LEUKOTUNE, "mlflow-server", "--port", str(port), "--workers", "1", "--backend-store-uri", uri,
+                       "--artifacts-destination", str(tmp_path / "artifacts")]
+            servers.append((f"http://127.0.0.1:{port}", start(f"replica-{index}", command, user_env(tmp_path),
+                                                               tmp_path, cwd=tmp_path)))
+        for url, server in servers:
+            wait_http(f"{url}/health", timeout_s=180, process=server)
+        # One store behind both: what one replica wrote, the other reads.
+        experiment_id = MlflowClient(servers[0][0]).create_experiment("replicas")
+        assert MlflowClient(servers[1][0]).get_experiment(experiment_id).name == "replicas"
+    finally:
+        for _, server in servers:
+            server.stop()
+            store.outputs[server.name] = server.log.read_text(errors="replace")
 
 
-def _group_command_lines(group: int) -> list[str]:
-    lines = []
-    for process in psutil.process_iter(["pid", "cmdline"]):
-        try:
-            if os.getpgid(process.info["pid"]) == group:
-                lines.append(" ".join(process.info["cmdline"] or []))
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return lines
+def test_mlflow_server_refuses_an_out_of_date_schema_in_one_line(store, tmp_path):
+    from leukotune.tuner.tracking.postgres import create_mlflow_schema
+
+    store.postgres.add_database(USER, "mlflow_old")
+    uri = store.postgres.uri(USER, store.password, "mlflow_old")
+    create_mlflow_schema(uri, "mlflow-artifacts:/")
+    with store.postgres.superuser("mlflow_old") as connection:  # as a database of MLflow 1.x would read
+        connection.execute("UPDATE alembic_version SET version_num = '0a8213491aaa'")
+    done = store.leukotune("mlflow-server-old-schema", "mlflow-server", "--port", str(free_port()),
+                           "--backend-store-uri", uri, "--artifacts-destination", str(tmp_path / "artifacts"),
+                           cwd=tmp_path, env=store.env(), timeout=120)
+    lines = done.stderr.strip().splitlines()
+    assert done.returncode == 2 and len(lines) == 1, done.stdout + done.stderr
+    assert "out-of-date database schema" in lines[0] and "mlflow db upgrade" in lines[0]
+    assert lines[0].startswith(f"error: backend store postgresql://{USER}:***@") and store.password not in lines[0]
 
 
 # ---------------------------------------------------------------- URIs that cannot work
@@ -262,3 +279,31 @@ def test_tune_refuses_a_postgres_tracking_uri_it_cannot_use_before_ray_starts(st
     assert time.monotonic() - started < 90  # seconds of imports and one connection, no Ray
     assert not ray_tmp.exists()  # Ray never started
     assert store.postgres.count(DATABASE, "runs") == runs_before  # no MLflow run
+
+
+# ---------------------------------------------------------------- last: every output above
+
+def test_the_password_appears_in_no_output_log_or_command_line(store, studies):
+    assert len(store.outputs) >= 2  # both studies, and every other command this module ran before
+    leaked = [name for name, text in store.outputs.items() if store.password in text]
+    server_log = store.server.log.read_text(errors="replace")
+    leaked += [str(log) for log, text in ((store.server.log, server_log),
+                                          (store.postgres.log, store.postgres.log.read_text(errors="replace")))
+               if store.password in text]
+    # Every process of the running server (mlflow, uvicorn and its workers, the job runner), as `ps` shows them.
+    command_lines = _group_command_lines(store.server.process.pid)
+    assert any("uvicorn" in line for line in command_lines), command_lines  # the server's workers were seen
+    leaked += [line for line in command_lines if store.password in line]
+    assert not leaked, leaked
+    assert f"backend store: postgresql://{USER}:***@127.0.0.1:" in server_log  # what the server printed, redacted
+
+
+def _group_command_lines(group: int) -> list[str]:
+    lines = []
+    for process in psutil.process_iter(["pid", "cmdline"]):
+        try:
+            if os.getpgid(process.info["pid"]) == group:
+                lines.append(" ".join(process.info["cmdline"] or []))
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return lines

@@ -195,7 +195,7 @@ def cmd_mlflow_server(args: argparse.Namespace) -> int:
     plan = server.plan_server(args.host, args.port, args.backend_store_uri, args.artifacts_destination,
                               expose=args.expose, auth=args.auth, workers=args.workers, allowed_hosts=args.allowed_hosts)
     server.check_port_free(args.host or (server.EXPOSED if args.expose else server.LOOPBACK), args.port)
-    server.check_backend_store(plan)
+    server.prepare_backend_store(plan)
     for line in server.describe(plan):
         print(line, file=sys.stderr if line.startswith("WARNING") else sys.stdout)
     server.exec_server(plan)

@@ -5,8 +5,9 @@ asked for, and artifacts served through the server (`--serve-artifacts`) so tria
 nodes log over HTTP instead of needing the server's disk or cloud credentials.
 
 A PostgreSQL backend is tried before the server starts (one line and exit 2 when it does not answer, refuses the
-password or lacks the database), and its password reaches the server in PGPASSWORD, not on its command line, where
-`ps` and process listings would show it to every user of the machine.
+password or lacks the database), its tables are set up one server at a time (replicas may start together), and its
+password reaches the server in PGPASSWORD, not on its command line, where `ps` and process listings would show it
+to every user of the machine.
 """
 from __future__ import annotations
 
@@ -20,7 +21,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from leukotune.tuner.tracking.client import redact
-from leukotune.tuner.tracking.postgres import PASSWORD_ENV, connection_problem, is_postgres, split_password
+from leukotune.tuner.tracking.postgres import (PASSWORD_ENV, connection_problem, create_mlflow_schema, is_postgres,
+                                               split_password)
 
 LOOPBACK = "127.0.0.1"
 EXPOSED = "0.0.0.0"
@@ -149,12 +151,24 @@ def plan_server(host: str | None = None, port: int = 5000, backend_store_uri: st
                       password_in_env=password is not None)
 
 
-def check_backend_store(plan: ServerPlan, timeout_s: float = 5.0) -> None:
-    """Refuse at once a PostgreSQL store that cannot be used, rather than after MLflow's workers start failing."""
-    if is_postgres(plan.backend_store_uri):
-        problem = connection_problem(plan.backend_store_uri, timeout_s)
-        if problem:
-            raise ServerError(f"backend store {redact(plan.backend_store_uri)}: {redact(problem)}")
+def prepare_backend_store(plan: ServerPlan, timeout_s: float = 5.0) -> None:
+    """Refuse at once a PostgreSQL store that cannot be used, rather than after MLflow's workers start failing; then
+    set up its tables one server at a time, so several replicas may start together on a new database."""
+    if not is_postgres(plan.backend_store_uri):
+        return
+    where = f"backend store {redact(plan.backend_store_uri)}"
+    problem = connection_problem(plan.backend_store_uri, timeout_s)
+    if problem:
+        raise ServerError(f"{where}: {redact(problem)}")
+    from mlflow.exceptions import MlflowException
+    from mlflow.utils.server_cli_utils import resolve_default_artifact_root
+
+    # The artifact root MLflow's server gives new experiments when it serves artifacts (mlflow-artifacts:/).
+    artifact_root = resolve_default_artifact_root(True, None, plan.backend_store_uri)
+    try:
+        create_mlflow_schema(plan.backend_store_uri, artifact_root)
+    except MlflowException as exc:  # an out-of-date schema: its message says to run `mlflow db upgrade`
+        raise ServerError(f"{where}: {redact(' '.join(str(exc.message).split()))}") from None
 
 
 def describe(plan: ServerPlan) -> list[str]:

@@ -16,6 +16,7 @@ from urllib.parse import unquote, unquote_plus, urlsplit, urlunsplit
 SCHEME = "postgresql"
 PASSWORD_ENV = "PGPASSWORD"  # libpq reads it when the connection string holds no password
 CONNECT_TIMEOUT_S = 5
+SCHEMA_LOCK_KEY = 0x6C6B74756E65  # "lktune": the advisory lock servers take to set up MLflow's tables one at a time
 
 _HINTS = (
     (re.compile(r"password authentication failed|no password supplied|authentication failed", re.I),
@@ -50,23 +51,45 @@ def split_password(uri: str) -> tuple[str, str | None]:
     return urlunsplit(parts._replace(netloc=netloc, query="&".join(kept))), password
 
 
-def connection_problem(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
-    """None when the database accepts a connection, else the reason in one line with what to do about it.
+def connect(uri: str, timeout_s: float = CONNECT_TIMEOUT_S, **options):
+    """A psycopg connection to the database of a SQLAlchemy-style PostgreSQL URI, with its password decoded as
+    SQLAlchemy decodes it for MLflow (else libpq's PGPASSWORD or ~/.pgpass)."""
+    import psycopg
 
-    The password is the URI's, decoded as SQLAlchemy decodes it for MLflow, else PGPASSWORD or ~/.pgpass.
-    """
+    bare, password = split_password(uri)
+    dsn = SCHEME + bare[bare.index("://"):]  # libpq reads postgresql:// URIs, not SQLAlchemy's +driver form
+    if password is not None:
+        options["password"] = password
+    return psycopg.connect(dsn, connect_timeout=max(1, round(timeout_s)), **options)
+
+
+def connection_problem(uri: str, timeout_s: float = CONNECT_TIMEOUT_S) -> str | None:
+    """None when the database accepts a connection, else the reason in one line with what to do about it."""
     try:
         import psycopg
     except ImportError:
         return "the PostgreSQL driver is not installed (pip install 'psycopg[binary]')"
-    bare, password = split_password(uri)
-    dsn = SCHEME + bare[bare.index("://"):]  # libpq reads postgresql:// URIs, not SQLAlchemy's +driver form
-    extra = {"password": password} if password is not None else {}
     try:
-        psycopg.connect(dsn, connect_timeout=max(1, round(timeout_s)), **extra).close()
+        connect(uri, timeout_s).close()
     except psycopg.Error as exc:
         return describe_failure(str(exc))
     return None
+
+
+def create_mlflow_schema(uri: str, artifact_root: str) -> None:
+    """MLflow's tables, created by one server at a time.
+
+    Every `mlflow server` creates the tables of an empty database as it starts, guarded by a lock file that only
+    serialises servers on one machine: two replicas starting together on a new database race, and one dies on a
+    duplicate `alembic_version`. Here the same store set-up the server runs happens under a PostgreSQL advisory lock,
+    so each server after the first finds the tables (and MLflow's Default experiment) ready. An existing database
+    is only checked: an out-of-date schema raises MLflow's own error, which names `mlflow db upgrade`.
+    """
+    from mlflow.store.tracking.sqlalchemy_store import SqlAlchemyStore
+
+    with connect(uri, autocommit=True) as session:
+        session.execute("SELECT pg_advisory_lock(%s)", (SCHEMA_LOCK_KEY,))  # released when the session ends
+        SqlAlchemyStore(uri, artifact_root).engine.dispose()
 
 
 def describe_failure(message: str) -> str:
