@@ -151,3 +151,27 @@ def test_mlflow_server_redacts_database_passwords(tmp_path):
     text = "\n".join(describe(plan))
     assert "hunter2" not in text and "postgresql://mlflow:***@db:5432/mlflow" in text
     assert not (tmp_path / "unused").exists()  # nothing created when no default lives there
+
+
+def test_kuberay_mlflow_runs_replicas_on_postgres_with_the_password_from_a_secret():
+    from leukotune.tuner.tracking.postgres import is_postgres, split_password
+
+    docs = {(d["kind"], d["metadata"]["name"]): d for d in yaml.safe_load_all(KUBERAY_YAML.read_text()) if d}
+    mlflow = docs[("Deployment", "mlflow")]["spec"]
+    assert mlflow["replicas"] > 1  # a database store takes several writers
+    container = mlflow["template"]["spec"]["containers"][0]
+    command = container["command"]
+    uri = command[command.index("--backend-store-uri") + 1]
+    assert is_postgres(uri) and split_password(uri)[1] is None  # no password in the manifest or on `ps`
+    assert command[command.index("--artifacts-destination") + 1].startswith("/mnt/shared/")
+    secret = {"name": "mlflow-db", "key": "password"}
+    env = {e["name"]: e for e in container["env"]}
+    assert env["PGPASSWORD"]["valueFrom"]["secretKeyRef"] == secret
+    # The database the URI names: a Service on its host and port, PostgreSQL created with the same Secret.
+    db_service = docs[("Service", uri.split("@")[1].split(":")[0])]
+    assert int(uri.split(":")[-1].split("/")[0]) in [p["port"] for p in db_service["spec"]["ports"]]
+    db = docs[("StatefulSet", "mlflow-db")]["spec"]["template"]["spec"]["containers"][0]
+    db_env = {e["name"]: e for e in db["env"]}
+    assert db_env["POSTGRES_PASSWORD"]["valueFrom"]["secretKeyRef"] == secret
+    assert db_env["POSTGRES_USER"]["value"] == uri.split("//")[1].split("@")[0]
+    assert db_env["POSTGRES_DB"]["value"] == uri.rsplit("/", 1)[1]
