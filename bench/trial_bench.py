@@ -66,15 +66,20 @@ def study_seconds(study, runtime: str, trials: int) -> tuple[float, float]:
     """Wall time of `trials` sequential 1-epoch trials in one Tune study, and the compute inside them."""
     from ray import tune
 
-    from leukotune.tuner.tune.trainable import reuse_actors, trial_resources, tune_trial
+    from leukotune.tuner.cluster.capacity import shape_from_live_nodes
+    from leukotune.tuner.cluster.trial_resources import decide_trial_resources
+    from leukotune.tuner.tune.trainable import reuse_actors, tune_trial
 
-    single = build_study({**study.to_dict(), "resources": {**study.resources.to_dict(), "trial_runtime": runtime}})
+    single = build_study({**study.to_dict(), "resources": {**study.resources.to_dict(), "trial_runtime": runtime,
+                                                          "use_gpu": "false"}})
     single = replace_train(single, {"epochs": 1})
+    resources = decide_trial_resources(single, shape_from_live_nodes())
     with tempfile.TemporaryDirectory() as storage:
         trainable = tune.with_resources(tune.with_parameters(
-            tune_trial, study_dict={**single.to_dict(), "storage_path": storage}), trial_resources(single, gpu=False))
+            tune_trial, study_dict={**single.to_dict(), "storage_path": storage}, resources=resources.to_dict()),
+            resources.tune_request())
         tuner = tune.Tuner(trainable, tune_config=tune.TuneConfig(num_samples=trials, max_concurrent_trials=1,
-                                                                  reuse_actors=reuse_actors(single)),
+                                                                  reuse_actors=reuse_actors(resources)),
                            run_config=tune.RunConfig(storage_path=storage, name=f"startup-{runtime}", verbose=0))
         start = time.perf_counter()
         grid = tuner.fit()

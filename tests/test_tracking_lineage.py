@@ -89,7 +89,8 @@ def test_leaderboard_is_an_mlflow_table_written_once_even_when_a_resumed_study_l
     log_leaderboard_table(tracker, run_id, frame)
     log_leaderboard_table(tracker, run_id, frame)  # a resumed study ends again: same rows, not twice as many
     table = load_table(tracker, run_id)
-    assert list(table.columns) == ["rank", "trial", "status", "epochs", "best_val_f1_weighted", "conv_layers", "lr"]
+    assert list(table.columns) == ["rank", "trial", "status", "epochs", "device", "best_val_f1_weighted", "conv_layers",
+                                   "lr"]
     assert table["trial"].tolist() == ["t2", "t1", "t3"] and table["rank"].tolist() == [1, 2, 3]
     assert table["best_val_f1_weighted"].tolist()[:2] == pytest.approx([0.83, 0.61])
 

@@ -123,6 +123,9 @@ class ResourcesConfig(_Section):
     # GPU share of one inline trial or of each Ray Train worker: 0.25 packs four on a GPU (a small CNN uses a
     # sliver of an H200). At most 1: the loop trains on one device.
     gpus_per_trial: float = Field(1.0, gt=0.0, le=1.0)
+    # How long a study waits for the autoscaler to start a first node that holds one trial (a cluster that bills
+    # GPUs only while a study runs starts with none; cloud GPU nodes take minutes to boot). Then it gives up.
+    wait_for_nodes_s: float = Field(900.0, gt=0.0, le=86_400.0)
 
     @field_validator("use_gpu", mode="before")
     @classmethod

@@ -3,6 +3,7 @@ after an hour inside a trial."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 from typing import Any
 
@@ -30,8 +31,19 @@ def check_search_space(study: StudyConfig, draws: int = 64) -> dict[str, Any]:
     return space
 
 
-def check_storage(directory: Path, min_free_gb: float = 1.0) -> None:
-    """Fail at start, not after an hour, when checkpoints could not be written."""
+# `s3://bucket/runs`, `gs://...`: Tune would sync checkpoints there, but leukotune reads them as files (the test
+# side, the model export, --resume), and `Path.resolve` would quietly make a local folder named `s3:` of it.
+CLOUD_URI = re.compile(r"^[A-Za-z][A-Za-z0-9+.-]*://")
+
+
+def check_storage(storage_path: str, min_free_gb: float = 1.0) -> Path:
+    """The study storage folder, resolved; fail at start, not after an hour, when checkpoints could not be
+    written there (a cloud URI, a folder that is not writable or nearly full)."""
+    if CLOUD_URI.match(storage_path.strip()):
+        raise ConfigError(f"storage_path {storage_path} is a cloud URI; leukotune reads trial checkpoints as files "
+                          f"(test side, model export, --resume): set storage_path to a folder every node mounts "
+                          f"(e.g. an EFS or NFS mount: --set storage_path=/mnt/shared/runs; docs/cluster.md)")
+    directory = Path(storage_path).expanduser().resolve()
     probe = directory / ".write-test"
     try:
         directory.mkdir(parents=True, exist_ok=True)
@@ -43,6 +55,7 @@ def check_storage(directory: Path, min_free_gb: float = 1.0) -> None:
     if free_gb < min_free_gb:
         raise ConfigError(f"storage_path {directory} has only {free_gb:.2f} GB free; at least {min_free_gb} GB "
                           f"is needed for checkpoints (set LEUKOTUNE_MIN_FREE_GB to change the threshold)")
+    return directory
 
 
 def _free_gb(directory: Path) -> float:

@@ -67,7 +67,7 @@ def check_space(space: dict[str, dict[str, Any]], train_keys: set[str]) -> None:
         seen.append(name)
 
 
-def _applies(spec: dict[str, Any], params: dict[str, Any]) -> bool:
+def applies(spec: dict[str, Any], params: dict[str, Any]) -> bool:
     for key, wanted in (spec.get("when") or {}).items():
         allowed = wanted if isinstance(wanted, list) else [wanted]
         if params.get(key) not in allowed:
@@ -108,7 +108,7 @@ class DefineByRun:
     def __call__(self, trial) -> None:
         params: dict[str, Any] = dict(self.fixed)
         for name, spec in self.space.items():
-            if _applies(spec, params):
+            if applies(spec, params):
                 params[name] = _suggest(trial, name, spec, params)
 
 

@@ -76,19 +76,22 @@ def cmd_data_check(args: argparse.Namespace) -> int:
 def cmd_train(args: argparse.Namespace) -> int:
     import ray
 
+    from leukotune.tuner.cluster.capacity import read_cluster_shape
     from leukotune.tuner.cluster.ray_cluster import init_ray
+    from leukotune.tuner.cluster.trial_resources import decide_trial_resources
     from leukotune.tuner.config import load_study
     from leukotune.tuner.preflight import check_storage, summarise_data
     from leukotune.tuner.train.ray_train import make_trainer
 
     study = load_study(args.config, args.overrides, args.data)
-    storage = Path(study.storage_path).expanduser().resolve()
-    check_storage(storage)
+    storage = check_storage(study.storage_path)
     data = summarise_data(study)
     print(f"data: {data['cells']} cells ({data['all']} ALL, {data['hem']} hem) of {data['subjects']} subjects"
           f"{', synthetic' if data['synthetic'] else ''}; {len(data['skipped'])} files skipped")
     init_ray(args.address, {})
-    result = make_trainer(study, f"{study.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage).fit()
+    resources = decide_trial_resources(study, read_cluster_shape())
+    print(f"resources: {resources.describe()}")
+    result = make_trainer(study, resources, f"{study.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage).fit()
     print_metrics_table(result.metrics, study.tune.metric)
     if result.checkpoint is not None:
         print(f"checkpoint (latest epoch; best.pt inside holds the best epoch): {result.checkpoint.path}")
@@ -128,6 +131,9 @@ def cmd_tune(args: argparse.Namespace) -> int:
     print(describe_sides(plan.data_summary))
     outcome = run_study(plan, args.address)
     print_leaderboard(outcome.leaderboard, plan.study.tune.metric)
+    if outcome.stopped:
+        print(f"error: study stopped: {outcome.stopped}", file=sys.stderr)
+        return EXIT_FAILED
     print_tracking_help(outcome)
     note = records_note(outcome.tracking_uri, plan.directory.parent)
     if note:
@@ -168,15 +174,16 @@ def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
     print(f"\nleaderboard ({metric}, best epoch of each trial; test: the top trials once on the held-out subjects,"
           f" 95% CI by patient)")
     print(f"  {'rank':<5}{'trial':<12}{'status':<12}{'epochs':<8}{metric:<18}{'test (95% CI)':<24}{'last_acc':<9}"
-          f"params")
+          f"{'device':<8}params")
     for rank, row in enumerate(rows, 1):
         best = row.get("best")
         best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
         acc = row.get("val_accuracy")
         acc_text = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
         params = " ".join(f"{k}={_short(v)}" for k, v in row["config"].items())
+        device = str(row.get("device") or "-").split(" ")[0]  # cuda:0, not the GPU's name
         print(f"  {rank:<5}{row['trial_id']:<12}{row['status']:<12}{row['epochs']!s:<8}{best_text:<18}"
-              f"{_test_text(row):<24}{acc_text:<9}{params}")
+              f"{_test_text(row):<24}{acc_text:<9}{device:<8}{params}")
 
 
 def _test_text(row: dict[str, Any]) -> str:

@@ -147,7 +147,7 @@ def init_ray(address: str | None, env: dict[str, str], log: Callable[[str], None
         # The recorded cluster joins through Ray's own default (None) so Ray applies its local-cluster token rules.
         target = None if choice.source == RECORDED else choice.address
         try:
-            context = ray.init(address=target, runtime_env=runtime_env, log_to_driver=True)
+            context = ray.init(address=target, runtime_env=runtime_env, log_to_driver=True, logging_level="WARNING")
         except ConnectionError as exc:
             raise ClusterError(f"Ray at {choice.address} ({choice.source}): {str(exc).splitlines()[0]}") from None
     log(f"Ray: {int(ray.cluster_resources().get('CPU', 0))} CPUs, {int(ray.cluster_resources().get('GPU', 0))} GPUs"

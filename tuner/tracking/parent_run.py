@@ -82,10 +82,11 @@ def rank_rows(leaderboard: list[dict[str, Any]], mode: str) -> list[dict[str, An
 
 
 def leaderboard_frame(ranked: list[dict[str, Any]], metric: str) -> pd.DataFrame:
-    """One row per trial: rank, trial, status, epochs, the study metric, its test score, then every parameter."""
+    """One row per trial: rank, trial, status, epochs, the device it trained on, the study metric, its test score,
+    then every parameter."""
     params = sorted({key for row in ranked for key in row.get("config", {})})
     rows = [{"rank": rank, "trial": row["trial_id"], "status": row["status"], "epochs": row.get("epochs"),
-             f"best_{metric}": row.get("best"),
+             "device": row.get("device"), f"best_{metric}": row.get("best"),
              # the top trials' test scores beside validation (a study without a test side has no such column)
              **({metric_on_test(metric): row.get("test")} if any("test" in r for r in ranked) else {}),
              **{key: row.get("config", {}).get(key) for key in params}}

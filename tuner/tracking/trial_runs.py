@@ -17,7 +17,10 @@ from leukotune.tuner.tracking.client import (
     TAG_EARLY_STOP,
     TAG_KIND,
     TAG_MODEL_URI,
+    TAG_NODE,
+    TAG_DEVICE,
     TAG_ORPHANED,
+    TAG_PIPELINE,
     TAG_STUDY,
     TAG_TRIAL,
     BackgroundLogger,
@@ -78,6 +81,7 @@ class TrialRecorder:
         self.logged_step: dict[str, int] = {}
         self.last_epoch: dict[str, int] = {}
         self.closed: set[str] = set()
+        self.placed: set[str] = set()  # runs already tagged with their device and input pipeline
         self.trials: list = []
         self.background = BackgroundLogger(log)
         self._datasets: list | None = None  # the study run's dataset inputs, read once
@@ -129,6 +133,12 @@ class TrialRecorder:
         run_id = self.run_for(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         self.last_epoch[trial.trial_id] = epoch
+        if run_id not in self.placed and result.get("device"):
+            # Where the trial trained, as the trial itself saw it: a GPU slot that ended up on the CPU shows here.
+            self.tracker.set_tags(run_id, {TAG_DEVICE: str(result["device"]),
+                                           TAG_PIPELINE: str(result.get("pipeline", "")),
+                                           TAG_NODE: str(result.get("node_id", ""))})
+            self.placed.add(run_id)
         if epoch <= self.logged_step.get(run_id, 0):
             return  # already in MLflow from before a restart: one value per epoch, no duplicates
         self.tracker.log_metrics(run_id, numeric_metrics(result), step=epoch)
@@ -251,5 +261,5 @@ def top_trials(trials: list, metric: str, mode: str, keep: int | str) -> list:
 def trial_summary(trial, metric: str) -> dict[str, Any]:
     result = getattr(trial, "last_result", None) or {}
     return {"trial_id": trial.trial_id, "status": trial.status, "config": dict(trial.config),
-            "epochs": result.get("epoch", 0), "best": result.get(f"best_{metric}"),
+            "epochs": result.get("epoch", 0), "best": result.get(f"best_{metric}"), "device": result.get("device"),
             "val_accuracy": result.get("val_accuracy"), "val_balanced_accuracy": result.get("val_balanced_accuracy")}

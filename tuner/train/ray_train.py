@@ -6,15 +6,15 @@ import sys
 from pathlib import Path
 from typing import Any
 
-import ray
 import torch
 from ray.train import CheckpointConfig, FailureConfig, LoggingConfig, RunConfig, ScalingConfig
 from ray.train.torch import TorchConfig, TorchTrainer
 from ray.tune.integration.ray_train import TuneReportCallback
 
+from leukotune.tuner.cluster.trial_resources import TrialResources
 from leukotune.tuner.config import StudyConfig, build_study
 from leukotune.tuner.train.loop import run_training
-from leukotune.tuner.train.sessions import TrainSession, wants_gpu
+from leukotune.tuner.train.ray_sessions import TrainSession
 
 
 def quiet_worker_process() -> None:
@@ -44,20 +44,15 @@ def worker_loop(config: dict[str, Any]) -> None:
     run_training(study, session, log=print if session.world_rank == 0 else (lambda _msg: None))
 
 
-def use_gpu(study: StudyConfig) -> bool:
-    return wants_gpu(study.resources.use_gpu, ray.cluster_resources().get("GPU", 0) >= 1)
-
-
-def make_trainer(study: StudyConfig, name: str, storage_path: Path, callbacks: list | None = None):
-    """A TorchTrainer for one run of `study`: its resources, failure policy and checkpoint retention."""
-    resources = study.resources
-    gpu = use_gpu(study)
-    gpus = {"GPU": resources.gpus_per_trial} if gpu else {}
+def make_trainer(study: StudyConfig, resources: TrialResources, name: str, storage_path: Path,
+                 callbacks: list | None = None):
+    """A TorchTrainer for one run of `study` on `resources`: its failure policy and checkpoint retention."""
+    gpu = resources.uses_gpu
     scaling = ScalingConfig(num_workers=resources.workers, use_gpu=gpu,
-                            resources_per_worker={"CPU": resources.cpus_per_worker, **gpus})
+                            resources_per_worker=resources.worker_bundle())
     run_config = RunConfig(
         name=name, storage_path=str(storage_path), callbacks=callbacks or [],
-        failure_config=FailureConfig(max_failures=resources.max_failures),
+        failure_config=FailureConfig(max_failures=study.resources.max_failures),
         # Keep two: if the newest is truncated by a crash mid-write, the one before it still restores.
         checkpoint_config=CheckpointConfig(num_to_keep=2),
         # Ray Train's INFO lines repeat every metric of every report; our loop prints one line per epoch.
@@ -68,7 +63,7 @@ def make_trainer(study: StudyConfig, name: str, storage_path: Path, callbacks: l
                         run_config=run_config, torch_config=TorchConfig(backend="nccl" if gpu else "gloo"))
 
 
-def train_in_tune_trial(study: StudyConfig, trial_name: str, storage_path: Path) -> None:
+def train_in_tune_trial(study: StudyConfig, resources: TrialResources, trial_name: str, storage_path: Path) -> None:
     """Inside a Tune trial: a nested TorchTrainer whose reports reach Tune (and ASHA) via TuneReportCallback."""
-    trainer = make_trainer(study, f"{trial_name}-train", storage_path, callbacks=[TuneReportCallback()])
+    trainer = make_trainer(study, resources, f"{trial_name}-train", storage_path, callbacks=[TuneReportCallback()])
     trainer.fit()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from typing import Any
 
 import numpy as np
+import ray
 import torch
 from torch.utils.data import DataLoader
 
@@ -15,6 +16,7 @@ from leukotune.tuner.evaluation import evaluate_predictions
 from leukotune.tuner.train.checkpoints import rebuild_model
 from leukotune.tuner.train.data_source import prepare_study_data
 from leukotune.tuner.train.loop import autocast_for
+from leukotune.tuner.train.ray_sessions import assigned_device
 from leukotune.tuner.train.ray_train import quiet_worker_process
 
 
@@ -27,7 +29,7 @@ def score_test_side(best: dict[str, Any], seed: int = 0) -> dict[str, float]:
     if len(data.test_idx) == 0:
         raise ValueError("the study's data has no test side (data.test_fraction is 0 and no prelim test folder)")
     prep = best["preprocessing"]
-    device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    device = _scoring_device()
     model = rebuild_model(best).to(device)
     loader = DataLoader(CellDataset(data.images, data.labels, data.test_idx, mean=prep["mean"], std=prep["std"]),
                         batch_size=128, shuffle=False, collate_fn=collate_batch)
@@ -38,6 +40,13 @@ def score_test_side(best: dict[str, Any], seed: int = 0) -> dict[str, float]:
         probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
     return evaluate_predictions(data.labels[data.test_idx], np.concatenate(probs), data.subjects[data.test_idx],
                                 prefix="test_", seed=seed)
+
+
+def _scoring_device() -> torch.device:
+    # As a Ray task: the GPU Ray gave it, checked like a trial's; in a plain process: whatever is here.
+    if ray.is_initialized():
+        return assigned_device()
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
 
 
 def score_checkpoints(bests: list[dict[str, Any]], seed: int = 0) -> list[dict[str, float] | str]:

@@ -32,6 +32,9 @@ def quiet_ray_console() -> None:
     engine (`RAY_AIR_NEW_OUTPUT=0`, read by `get_air_verbosity` in `tune.run`) prints nothing at verbosity 0.
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    # The autoscaler's events ("Adding 2 node(s) of type gpu_worker") reach every driver's console; the study's own
+    # waiting line says how many workers are up.
+    os.environ.setdefault("RAY_SCHEDULER_EVENTS", "0")
     # The notice that token authentication is on (the safe default, which leukotune keeps) is dropped; the warning
     # that it is off is not.
     logging.getLogger(TOKEN_LOGGER).addFilter(_drop_token_enabled_notice)
@@ -41,6 +44,25 @@ def quiet_ray_console() -> None:
     logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
     # Optuna's parallel-coordinate plot when every trial scored the same; the plot is still logged.
     warnings.filterwarnings("ignore", message="Attempting to set identical low and high ylims")
+
+
+def changing_line(stream: TextIO | None = None) -> Callable[..., None]:
+    """A status line that changes: rewritten in place on a terminal (its `final` text ends the line), else printed
+    again only when it changes."""
+    stream = stream or sys.stdout
+    shown = {"text": "", "width": 0}
+
+    def show(text: str, final: bool = False) -> None:
+        if text == shown["text"]:
+            return
+        if stream.isatty():
+            stream.write("\r" + text.ljust(shown["width"]) + ("\n" if final else ""))
+        else:
+            stream.write(text + "\n")
+        stream.flush()
+        shown.update(text=text, width=len(text))
+
+    return show
 
 
 def _drop_token_enabled_notice(record: logging.LogRecord) -> bool:

@@ -12,6 +12,7 @@ from typing import Any, Callable
 
 import ray
 
+from leukotune.tuner.cluster.trial_resources import TrialResources
 from leukotune.tuner.evaluation import metric_on_test
 from leukotune.tuner.metrics import ranking_key
 from leukotune.tuner.tracking.client import Tracker
@@ -45,7 +46,7 @@ def _readable_checkpoints(trials: list, log: Callable[[str], None]) -> list[tupl
 
 
 def evaluate_top_trials(plan, trials: list, run_ids: dict[str, str], tracker: Tracker, parent_run_id: str,
-                        gpu: bool, log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+                        resources: TrialResources, log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
     """Score the study's top `tune.test_top_k` trials on the test side, log `test_*` to their runs and the
     winner's (the best by validation) to the parent with the selection gap; returns metrics by trial id."""
     study = plan.study
@@ -59,9 +60,10 @@ def evaluate_top_trials(plan, trials: list, run_ids: dict[str, str], tracker: Tr
     readable = _readable_checkpoints(chosen, log)
     if not readable:
         return {}
-    resources = {"num_cpus": study.resources.cpus_per_worker, "num_gpus": 1 if gpu else 0}
+    # The test side is scored where a trial would run: one trial's share of a node.
+    share = {"num_cpus": resources.cpus_per_worker, "num_gpus": resources.gpus_per_worker}
     try:
-        scored = ray.get(_score_remote.options(**resources).remote([best for _, best in readable],
+        scored = ray.get(_score_remote.options(**share).remote([best for _, best in readable],
                                                                    seed=study.data.seed))
     except Exception as exc:  # noqa: BLE001 - the study's results stand; only the test numbers are missing
         log(f"WARNING: test evaluation failed: {str(exc).strip().splitlines()[-1]}")

@@ -1,54 +1,97 @@
-"""Trials packed on GPUs (`resources.gpus_per_trial`): how many fit, and a refusal before Tune when one cannot.
+"""Trials packed on GPUs (`resources.gpus_per_trial`): a refusal before Tune when the largest trial the search can
+sample would not fit its share.
 
 Ray only counts GPU fractions; it never checks memory. Four trials at 0.25 that each need a third of the GPU would
-all start and then fail with out-of-memory errors, one retry after another. So the study checks first.
+all start and then fail with out-of-memory errors, one retry after another. So the study checks first, and it
+checks the worst case: the search samples image sizes, batch sizes and models, and the trial that overflows is
+the largest one, not the study file's defaults.
 """
 from __future__ import annotations
 
-import math
+import itertools
 from collections.abc import Callable
+from typing import Any
 
 import ray
 import torch
 
-from leukotune.tuner.config import ConfigError, StudyConfig
-from leukotune.tuner.train.memory import estimate_trial_memory
+from leukotune.tuner.cluster.trial_resources import TrialResources, trials_per_gpu
+from leukotune.tuner.config import ConfigError, StudyConfig, TrainConfig, replace_train
+from leukotune.tuner.space import applies
+from leukotune.tuner.train.memory import OPTIMIZER_STATES, MemoryEstimate, estimate_trial_memory
 
-# A GPU-node probe that has not answered by then (no GPU node up yet: the autoscaler is still starting one) is
-# given up on, and the study starts unchecked rather than waiting on the cloud.
+# A GPU-node probe that has not answered by then is given up on, and the study starts unchecked.
 PROBE_TIMEOUT_S = 60.0
+# Settings whose largest value makes the largest trial (memory grows with each); other sampled settings (lr,
+# dropout, augmentation) do not change a trial's memory. conv_layers is not monotone (deeper: more activations
+# early, fewer weights late), so both of its bounds are tried.
+LARGEST_WINS = ("image_size", "batch_size", "kernel_size", "base_filters", "dense", "unfreeze")
+BOTH_BOUNDS = ("conv_layers",)
 
 
-def trials_per_gpu(gpus_per_trial: float) -> int:
-    # 1e-9: 1 / 0.1 is 9.999999999999998 in floating point, and ten trials do fit.
-    return max(1, math.floor(1.0 / gpus_per_trial + 1e-9))
+def _candidates(name: str, spec: dict[str, Any]) -> list[Any]:
+    kind = next(k for k in spec if k != "when")
+    values = spec[kind]
+    if name == "model":
+        return list(values)
+    if name == "color":
+        return ["rgb"] if "rgb" in values else list(values)  # three channels weigh more than one
+    if name == "optimizer":
+        return [max(values, key=lambda o: OPTIMIZER_STATES.get(o, 2))]
+    if name in BOTH_BOUNDS:
+        return sorted({min(values), max(values)})
+    if name in LARGEST_WINS:
+        return [max(values)]
+    return []
 
 
-def gpu_trial_slots(cluster_gpus: float, study: StudyConfig) -> int:
-    """Concurrent trials the cluster's GPUs hold: whole GPUs times trials per GPU, over workers per trial."""
-    resources = study.resources
-    if resources.workers > 1 and resources.gpus_per_trial < 1:
-        # NCCL refuses two ranks of one process group on the same GPU ("Duplicate GPU detected").
-        raise ConfigError(f"resources.gpus_per_trial={resources.gpus_per_trial:g} with resources.workers="
-                          f"{resources.workers}: DDP workers each need a whole GPU; use gpus_per_trial=1, or "
-                          f"workers=1 to pack trials")
-    return int(cluster_gpus + 1e-9) * trials_per_gpu(resources.gpus_per_trial) // resources.workers
+def largest_trials(study: StudyConfig, space: dict[str, Any]) -> list[TrainConfig]:
+    """The train configs the space can sample that could need the most memory (a handful, not the whole space)."""
+    options = {name: _candidates(name, spec) for name, spec in space.items()}
+    options = {name: values for name, values in options.items() if values}
+    names = list(options)
+    found: dict[str, TrainConfig] = {}
+    for combination in itertools.product(*(options[n] for n in names)):
+        params: dict[str, Any] = study.train.to_dict()
+        for name, value in zip(names, combination):
+            if applies(space[name], params):
+                params[name] = value
+        try:
+            train = replace_train(study, params).train
+        except ConfigError:
+            continue  # a combination the space cannot produce (e.g. too deep for the image)
+        found[repr(sorted(train.to_dict().items()))] = train
+    return list(found.values()) or [study.train]
 
 
-def check_packing(study: StudyConfig, gpu_memory_bytes: int, split_images: int) -> str:
-    """Refuse (ConfigError) a gpus_per_trial share smaller than a trial's estimated peak; else a one-line summary."""
-    resident = split_images if study.train.pipeline == "device" else 0
-    estimate = estimate_trial_memory(study.train, resident)
-    share = study.resources.gpus_per_trial * gpu_memory_bytes
+def resident_images(study: StudyConfig, split_images: int) -> int:
+    # `auto` puts the split on the GPU whenever it fits a quarter of the free memory: count it, as `device` does.
+    return split_images if study.train.pipeline in ("auto", "device") else 0
+
+
+def worst_case(study: StudyConfig, space: dict[str, Any], split_images: int) -> tuple[TrainConfig, MemoryEstimate]:
+    """The sampled trial with the largest estimated peak memory, and its estimate."""
+    resident = resident_images(study, split_images)
+    estimates = [(train, estimate_trial_memory(train, resident)) for train in largest_trials(study, space)]
+    return max(estimates, key=lambda pair: pair[1].total)
+
+
+def check_packing(study: StudyConfig, space: dict[str, Any], resources: TrialResources, gpu_memory_bytes: int,
+                  split_images: int) -> str:
+    """Refuse (ConfigError) a GPU share smaller than the largest sampled trial's peak; else a one-line summary."""
+    train, estimate = worst_case(study, space, split_images)
+    share = resources.gpus_per_worker * gpu_memory_bytes
     gib = 2**30
+    trial = f"{train.model} at batch {train.batch_size}, {train.image_size} px"
     if estimate.total > share:
         raise ConfigError(
-            f"resources.gpus_per_trial={study.resources.gpus_per_trial:g}: one trial of {study.train.model} at "
-            f"batch {study.train.batch_size}, {study.train.image_size} px needs about {estimate.describe()}, "
-            f"more than its {share / gib:.1f} GiB share of a {gpu_memory_bytes / gib:.0f} GiB GPU; raise "
-            f"gpus_per_trial or lower train.batch_size")
-    return (f"GPU packing: {trials_per_gpu(study.resources.gpus_per_trial)} trial(s) per GPU, each about "
-            f"{estimate.total / gib:.1f} GiB of a {share / gib:.1f} GiB share")
+            f"resources.gpus_per_trial={resources.gpus_per_worker:g}: the largest trial the search can sample "
+            f"({trial}) needs about {estimate.describe()}, more than its {share / gib:.1f} GiB share of a "
+            f"{gpu_memory_bytes / gib:.0f} GiB GPU; raise gpus_per_trial, lower the largest batch_size or "
+            f"image_size in tune.space, or set train.pipeline=loader")
+    return (f"GPU packing: {trials_per_gpu(resources.gpus_per_worker)} trial(s) per GPU; the largest trial the "
+            f"search can sample ({trial}) needs about {estimate.total / gib:.1f} GiB of a {share / gib:.1f} GiB "
+            f"share")
 
 
 @ray.remote(num_cpus=0, num_gpus=0.01)
@@ -66,4 +109,7 @@ def probe_gpu_memory(log: Callable[[str], None] = print) -> int | None:
     except ray.exceptions.GetTimeoutError:
         ray.cancel(task, force=True)
         log(f"WARNING: no GPU node answered within {PROBE_TIMEOUT_S:.0f} s; GPU packing not checked")
-        return None
+    except ray.exceptions.RayTaskError as exc:
+        log(f"WARNING: GPU packing not checked: the GPU node could not read its GPU "
+            f"({str(exc).strip().splitlines()[-1][:200]})")
+    return None

@@ -33,8 +33,7 @@ class StudyPlan:
 
 
 def plan_study(study: StudyConfig, resume: bool, log: Callable[[str], None] = print) -> StudyPlan:
-    storage = Path(study.storage_path).expanduser().resolve()
-    check_storage(storage, float(os.environ.get("LEUKOTUNE_MIN_FREE_GB", "1.0")))
+    storage = check_storage(study.storage_path, float(os.environ.get("LEUKOTUNE_MIN_FREE_GB", "1.0")))
     if resume:
         directory = latest_study_dir(storage, study.name)
         saved = json.loads((directory / STUDY_FILE).read_text())

@@ -4,14 +4,23 @@ from __future__ import annotations
 import os
 import signal
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Any, Callable
 
-import ray
 from ray import tune
 from ray.tune.logger import JsonLoggerCallback
 
+from leukotune.tuner.cluster.capacity import ClusterShape, read_cluster_shape
 from leukotune.tuner.cluster.job_driver import scratch_warning
 from leukotune.tuner.cluster.ray_cluster import init_ray
+from leukotune.tuner.cluster.scaling import release_request, wait_for_slots
+from leukotune.tuner.cluster.storage import check_shared_storage
+from leukotune.tuner.cluster.trial_resources import (
+    TrialResources,
+    concurrency_for,
+    decide_trial_resources,
+    runtime_of,
+)
 from leukotune.tuner.config import ConfigError, StudyConfig
 from leukotune.tuner.tracking import (
     Tracker,
@@ -25,41 +34,49 @@ from leukotune.tuner.tracking import (
     trial_summary,
 )
 from leukotune.tuner.tracking.parent_run import rank_rows
-from leukotune.tuner.train.ray_train import use_gpu
 from leukotune.tuner.tune.checkpoint_view import ForgetMissingCheckpoints
-from leukotune.tuner.tune.console import ConsoleCallback, StudyConsole, quiet_ray_console, release_console
+from leukotune.tuner.tune.cluster_watch import ClusterWatch, StopWhenNodeUnfit, stop_reason
+from leukotune.tuner.tune.console import (
+    ConsoleCallback,
+    StudyConsole,
+    changing_line,
+    quiet_ray_console,
+    release_console,
+)
 from leukotune.tuner.tune.holdout import add_test_scores, evaluate_top_trials
-from leukotune.tuner.tune.packing import check_packing, gpu_trial_slots, probe_gpu_memory
+from leukotune.tuner.tune.packing import check_packing, probe_gpu_memory
 from leukotune.tuner.tune.plan import StudyPlan, save_plan, save_result
 from leukotune.tuner.tune.search import make_scheduler, make_searcher
-from leukotune.tuner.tune.trainable import TRIAL_DRIVER_CPU, reuse_actors, runtime_of, trial_resources, tune_trial
+from leukotune.tuner.tune.trainable import reuse_actors, tune_trial
 
 
-def concurrency_for(study: StudyConfig, cluster: dict[str, float], gpu: bool) -> int:
-    """Concurrent trials the cluster can really hold; refuse a trial that can never be placed."""
-    resources = study.resources
-    cpus_per_trial = resources.workers * resources.cpus_per_worker
-    if runtime_of(study) == "ray_train":
-        cpus_per_trial += TRIAL_DRIVER_CPU
-    fits = int(cluster.get("CPU", 0) // cpus_per_trial)
-    if gpu:
-        fits = min(fits, gpu_trial_slots(cluster.get("GPU", 0), study))
-    if fits < 1:
-        gpus = resources.workers * resources.gpus_per_trial
-        raise ConfigError(
-            f"resources: one trial needs {cpus_per_trial:g} CPUs{f' and {gpus:g} GPUs' if gpu else ''}"
-            f" but the cluster has {cluster.get('CPU', 0):g} CPUs and {cluster.get('GPU', 0):g} GPUs")
-    wanted = study.tune.max_concurrent or fits
-    return max(1, min(wanted, fits, study.tune.num_samples))
+@dataclass(frozen=True)
+class Placement:
+    """Where the study's trials go, decided after joining the cluster and before the first trial."""
+
+    shape: ClusterShape
+    resources: TrialResources
+    concurrency: int
+    shared_marker: Path
 
 
-def check_gpu_packing(plan: StudyPlan, log: Callable[[str], None]) -> None:
-    """On GPUs, refuse a gpus_per_trial share that a trial's estimated peak memory would overflow."""
-    if not use_gpu(plan.study):
-        return
-    memory = probe_gpu_memory(log)
-    if memory is not None:
-        log(check_packing(plan.study, memory, int(plan.data_summary.get("cells", 0))))
+def place_study(plan: StudyPlan, log: Callable[[str], None]) -> Placement:
+    """Read what the cluster can start, decide each trial's resources and how many run together, refuse what no
+    node could hold or a study folder some node would not see, and wait for the first worker to be up."""
+    study = plan.study
+    shape = read_cluster_shape(log)
+    resources = decide_trial_resources(study, shape)
+    marker = check_shared_storage(plan.directory, shape, log)
+    concurrency = concurrency_for(study, resources, shape)
+    log(f"cluster: {shape.describe()}, from {shape.source}; each trial {resources.describe()}")
+    wait_for_slots(resources, shape, concurrency, study.resources.wait_for_nodes_s, changing_line())
+    if resources.uses_gpu:
+        memory = probe_gpu_memory(log)
+        if memory is not None:
+            cells = plan.data_summary.get("split", {})
+            split_images = sum(sum(cells.get(side, {}).values()) for side in ("train", "val"))
+            log(check_packing(study, plan.space, resources, memory, split_images))
+    return Placement(shape, resources, concurrency, marker)
 
 
 def check_runtime(study: StudyConfig, dashboard_url: str | None) -> None:
@@ -70,7 +87,7 @@ def check_runtime(study: StudyConfig, dashboard_url: str | None) -> None:
                           "the cluster with it), or use resources.workers=1 with trial_runtime=inline")
 
 
-def build_tuner(plan: StudyPlan, callbacks: list, concurrency: int, gpu: bool):
+def build_tuner(plan: StudyPlan, callbacks: list, placement: Placement):
     """A new Tuner, or on resume the saved one (which brings back its searcher state and our callbacks)."""
 
     study = plan.study
@@ -79,17 +96,20 @@ def build_tuner(plan: StudyPlan, callbacks: list, concurrency: int, gpu: bool):
     os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
     callbacks = [*callbacks, JsonLoggerCallback()]
     trainable = tune.with_resources(
-        tune.with_parameters(tune_trial, study_dict={**study.to_dict(), "storage_path": str(plan.directory)}),
-        trial_resources(study, gpu))
+        tune.with_parameters(tune_trial, study_dict={**study.to_dict(), "storage_path": str(plan.directory)},
+                             resources=placement.resources.to_dict(), shared_marker=str(placement.shared_marker)),
+        placement.resources.tune_request())
     run_config = tune.RunConfig(
         name=plan.study_id, storage_path=str(plan.directory.parent), callbacks=callbacks, verbose=0,
+        stop=StopWhenNodeUnfit(plan.study_id),
         failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     if plan.resume:
         return tune.Tuner.restore(str(plan.directory), trainable, resume_unfinished=True, resume_errored=True)
+    concurrency = placement.concurrency
     tune_config = tune.TuneConfig(search_alg=make_searcher(plan, concurrency), scheduler=make_scheduler(study),
                                   num_samples=study.tune.num_samples, max_concurrent_trials=concurrency,
-                                  reuse_actors=reuse_actors(study))
+                                  reuse_actors=reuse_actors(placement.resources))
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
 
 
@@ -101,6 +121,8 @@ class StudyOutcome:
     leaderboard: list[dict[str, Any]]
     tracking_uri: str
     experiment_id: str
+    # Why the study was stopped before its end by a node unfit for its trials (None: it was not).
+    stopped: str | None = None
 
 
 def forward_sigterm_to_tune() -> None:
@@ -122,38 +144,45 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
     # refuses the same variable set twice.
     worker_env = {} if os.environ.get("MLFLOW_TRACKING_URI") == uri else {"MLFLOW_TRACKING_URI": uri}
     quiet_ray_console()
-    # Ray first: a cluster that does not answer stops the study before its parent run exists (no half-written run).
+    # Ray first: a cluster that does not answer, or cannot hold a trial, stops the study before its parent run
+    # exists (no half-written run).
     context = init_ray(address, worker_env, log=log)
     check_runtime(study, context.dashboard_url)
-    check_gpu_packing(plan, log)
+    try:
+        placement = place_study(plan, log)
+    except BaseException:
+        release_request()
+        raise
     tracker = Tracker(uri, study.tracking.experiment, log=log)
     parent_run_id = open_parent(tracker, plan)
     save_plan(plan, parent_run_id)
-
-    gpu = use_gpu(study)
-    concurrency = concurrency_for(study, ray.cluster_resources(), gpu)
-    log(f"study {plan.study_id}: {study.tune.num_samples} trials, {concurrency} at a time, "
-        f"runtime {runtime_of(study)}, metric {study.tune.metric} ({study.tune.mode})")
+    resources = placement.resources
+    log(f"study {plan.study_id}: {study.tune.num_samples} trials, {placement.concurrency} at a time, "
+        f"runtime {resources.runtime}, metric {study.tune.metric} ({study.tune.mode})")
     # The default `print` gets the console's own output (a live line on a terminal); any other `log` gets the lines.
     console = StudyConsole(study.tune.num_samples, study.tune.metric, study.tune.mode, study.train.epochs,
                            study.tune.scheduler, log=None if log is print else log)
     recorder = TrialRecorder(tracker, parent_run_id, plan.study_id, study.tune.metric, study.train.epochs,
                              log_models=study.tracking.log_models, log=console.log, mode=study.tune.mode)
     forward_sigterm_to_tune()
-    complete = False
+    complete, stopped = False, None
     test_scores: dict[str, dict[str, float]] = {}
     try:
-        callbacks = [TrialRunsCallback(recorder), ConsoleCallback(plan.study_id, console), ForgetMissingCheckpoints()]
-        build_tuner(plan, callbacks, concurrency, gpu).fit()
-        complete = sum(t.status in ("TERMINATED", "ERROR") for t in recorder.trials) >= study.tune.num_samples
+        callbacks = [TrialRunsCallback(recorder), ConsoleCallback(plan.study_id, console), ForgetMissingCheckpoints(),
+                     ClusterWatch(plan.study_id)]
+        build_tuner(plan, callbacks, placement).fit()
+        stopped = stop_reason(plan.study_id)
+        complete = (stopped is None
+                    and sum(t.status in ("TERMINATED", "ERROR") for t in recorder.trials) >= study.tune.num_samples)
         if complete:
             # Models of the top trials only once the study is complete (on an interrupted one the top is not known
             # yet). They export on the driver's background thread while the test side is scored on the cluster.
             recorder.log_top_models()
             # The test side is read once, by the top trials of a finished search only.
-            test_scores = evaluate_top_trials(plan, recorder.trials, recorder.run_ids, tracker, parent_run_id, gpu,
-                                              log)
+            test_scores = evaluate_top_trials(plan, recorder.trials, recorder.run_ids, tracker, parent_run_id,
+                                              resources, log)
     finally:
+        release_request()
         release_console(plan.study_id)  # the live line goes before the closing lines
         closed = recorder.close()
         leaderboard = [trial_summary(t, study.tune.metric) for t in recorder.trials]
@@ -163,7 +192,7 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
         if closed["killed"]:
             log(f"{closed['killed']} unfinished trial run(s) marked KILLED in MLflow")
     outcome = StudyOutcome(plan.study_id, parent_run_id, complete, rank_rows(leaderboard, study.tune.mode),
-                           uri, tracker.experiment_id)
+                           uri, tracker.experiment_id, stopped)
     if complete:
         save_result(plan.directory, asdict(outcome))  # `--resume` of a finished study answers from this
     return outcome
