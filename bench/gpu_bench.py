@@ -34,6 +34,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import traceback
 import types
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -590,7 +591,13 @@ def run_sections(ctx: Context) -> None:
             ctx.report.add(Row(name, name, note=f"skipped: {ctx.left():.0f} s of the time budget left"))
             continue
         print(f"== {name} ({ctx.left():.0f} s of the budget left)", flush=True)
-        run()
+        try:
+            run()
+        except Exception as exc:  # noqa: BLE001 - one failing section must not cost the others their rows
+            traceback.print_exc()
+            ctx.report.add(Row(name, name, note=f"failed: {type(exc).__name__}: {exc}"[:500]))
+            if ctx.device.type == "cuda":
+                torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -623,6 +630,9 @@ def main() -> None:
         print_table(report)
     report.finish()
     print(f"\nthe check took {time.perf_counter() - begin:.0f} s", flush=True)
+    failed = [r.case for r in report.rows if r.note.startswith("failed:")]
+    if failed:
+        sys.exit(f"failed sections: {', '.join(failed)}")
 
 
 if __name__ == "__main__":
