@@ -139,8 +139,8 @@ class Report:
 
     def add(self, row: Row) -> Row:
         self.rows.append(row)
+        self._write(complete=False)  # first: a run cut off after the line below has the row on disk too
         print("row " + json.dumps(asdict(row)), flush=True)
-        self._write(complete=False)
         return row
 
     def finish(self) -> None:
@@ -430,8 +430,10 @@ def pack_worker(args: argparse.Namespace) -> None:
             result = train_one_epoch(model, split, optimizer, loss_fn, device)
             seen += round(result["train_samples_per_second"] * result["train_seconds"])
         seconds = time.perf_counter() - start
-        (control / f"result-{n}-{args.worker}.json").write_text(json.dumps(
+        out = control / f"result-{n}-{args.worker}.json"
+        out.with_suffix(".tmp").write_text(json.dumps(
             {"images": seen, "seconds": seconds, "epochs": epochs, "peak_gib": peak_gib(device)}))
+        os.replace(out.with_suffix(".tmp"), out)  # whole when the coordinator sees it
 
 
 class MpsDaemon:
@@ -494,9 +496,9 @@ def section_packing(ctx: Context, mps: bool) -> None:
             server = daemon.ask("get_server_list") if mps else ""
             for n in packs:
                 (control / f"go-{n}").touch()
-                wait_for(lambda: len(list(control.glob(f"result-{n}-*"))) == n or any(p.poll() for p in procs),
+                wait_for(lambda: len(list(control.glob(f"result-{n}-*.json"))) == n or any(p.poll() for p in procs),
                          limit_s=s.pack_window_s * 4 + 60)
-                results = [json.loads(p.read_text()) for p in sorted(control.glob(f"result-{n}-*"))]
+                results = [json.loads(p.read_text()) for p in sorted(control.glob(f"result-{n}-*.json"))]
                 ctx.report.add(packed_row(ctx, n, label, results, mps_server=server))
         finally:
             (control / "stop").touch()
