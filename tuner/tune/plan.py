@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import secrets
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -10,6 +11,7 @@ from typing import Any, Callable
 
 from leukotune.tuner.config import ConfigError, StudyConfig, build_study
 from leukotune.tuner.preflight import check_search_space, check_storage, check_weights, summarise_data
+from leukotune.tuner.tracking.client import check_reachable, resolve_tracking_uri
 
 STUDY_FILE = "leukotune_study.json"
 # Written when a study completes: its outcome and leaderboard, so `--resume` can answer without starting Ray.
@@ -33,6 +35,9 @@ class StudyPlan:
 
 
 def plan_study(study: StudyConfig, resume: bool, log: Callable[[str], None] = print) -> StudyPlan:
+    # The tracking store first: a server or database that does not answer is one line in seconds, before the data
+    # is read.
+    check_reachable(resolve_tracking_uri(study.tracking.tracking_uri))
     storage = check_storage(study.storage_path, float(os.environ.get("LEUKOTUNE_MIN_FREE_GB", "1.0")))
     if resume:
         directory = latest_study_dir(storage, study.name)
@@ -47,7 +52,9 @@ def plan_study(study: StudyConfig, resume: bool, log: Callable[[str], None] = pr
                               f"({directory / TUNE_STATE_FILE} is missing); start it again without --resume")
         log(f"resuming study {directory.name} (its saved configuration is used)")
     else:
-        directory = storage / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+        # Four random hex digits: two studies of one name started in the same second (two users, two jobs) must not
+        # share an id, which names their folder and finds their runs in MLflow.
+        directory = storage / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
     space = check_search_space(study)
     check_weights(study, space)
     plan = StudyPlan(study=study, study_id=directory.name, directory=directory, space=space, resume=resume)
