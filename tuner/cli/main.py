@@ -89,7 +89,7 @@ def cmd_train(args: argparse.Namespace) -> int:
     print(f"data: {data['cells']} cells ({data['all']} ALL, {data['hem']} hem) of {data['subjects']} subjects"
           f"{', synthetic' if data['synthetic'] else ''}; {len(data['skipped'])} files skipped")
     init_ray(args.address, {})
-    resources = decide_trial_resources(study, read_cluster_shape())
+    resources = decide_trial_resources(study, read_cluster_shape(), in_tune=False)
     print(f"resources: {resources.describe()}")
     result = make_trainer(study, resources, f"{study.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage).fit()
     print_metrics_table(result.metrics, study.tune.metric)
@@ -210,8 +210,13 @@ def print_tracking_help(outcome) -> None:
 
 
 def main(argv: list[str] | None = None) -> int:
+    import os
+
     from leukotune.tuner.cli.errors import friendly_errors
 
+    # Read by Ray when it is imported: the autoscaler's events ("Adding 2 node(s) of type gpu_worker") would reach
+    # every driver's console; a study's own waiting line says how many workers are up.
+    os.environ.setdefault("RAY_SCHEDULER_EVENTS", "0")
     args = build_parser().parse_args(argv)
     handler: Callable[[argparse.Namespace], int] = args.handler
     return friendly_errors(lambda: handler(args))

@@ -26,6 +26,8 @@ class TrialResources:
     workers: int
     cpus_per_worker: int
     gpus_per_worker: float  # 0: CPU only; below 1 packs several trials on one GPU
+    # A Tune trial's own actor beside its TorchTrainer's workers; `leukotune train` has none.
+    actor_cpu: float = TRIAL_DRIVER_CPU
 
     @property
     def uses_gpu(self) -> bool:
@@ -37,14 +39,14 @@ class TrialResources:
 
     def tune_request(self) -> dict[str, float]:
         """What Tune reserves for the trial's own actor. ray_train: the workers hold the rest."""
-        return {"CPU": TRIAL_DRIVER_CPU} if self.runtime == "ray_train" else self.worker_bundle()
+        return {"CPU": self.actor_cpu} if self.runtime == "ray_train" else self.worker_bundle()
 
     def capacity_bundle(self) -> dict[str, float]:
         """A worker's bundle with its part of the trial actor's sliver, so capacity never counts a node full of
         workers that leaves the actor itself no room."""
         bundle = self.worker_bundle()
         if self.runtime == "ray_train":
-            bundle["CPU"] += TRIAL_DRIVER_CPU / self.workers
+            bundle["CPU"] += self.actor_cpu / self.workers
         return bundle
 
     def describe(self) -> str:
@@ -80,8 +82,10 @@ def trials_per_gpu(gpus_per_trial: float) -> int:
     return max(1, math.floor(1.0 / gpus_per_trial + 1e-9))
 
 
-def decide_trial_resources(study: StudyConfig, shape: ClusterShape) -> TrialResources:
-    """The trial's resources on this cluster; a ConfigError, naming the node types, when none could hold it."""
+def decide_trial_resources(study: StudyConfig, shape: ClusterShape, in_tune: bool = True) -> TrialResources:
+    """The trial's resources on this cluster; a ConfigError, naming the node types, when none could hold it.
+
+    `in_tune=False`: one training run of `leukotune train`, a TorchTrainer with no Tune trial actor around it."""
     settings = study.resources
     gpu = wants_gpu(settings.use_gpu, shape.has_gpus)
     if gpu and not shape.has_gpus:
@@ -91,8 +95,9 @@ def decide_trial_resources(study: StudyConfig, shape: ClusterShape) -> TrialReso
         raise ConfigError(f"resources.gpus_per_trial={settings.gpus_per_trial:g} with resources.workers="
                           f"{settings.workers}: DDP workers each need a whole GPU; use gpus_per_trial=1, or "
                           f"workers=1 to pack trials")
-    resources = TrialResources(runtime_of(study), settings.workers, settings.cpus_per_worker,
-                               settings.gpus_per_trial if gpu else 0.0)
+    resources = TrialResources(runtime_of(study) if in_tune else "ray_train", settings.workers,
+                               settings.cpus_per_worker, settings.gpus_per_trial if gpu else 0.0,
+                               actor_cpu=TRIAL_DRIVER_CPU if in_tune else 0.0)
     if shape.capacity(resources.capacity_bundle()) < resources.workers:
         need = f"{settings.cpus_per_worker} CPUs" + (f" and {resources.gpus_per_worker:g} GPU" if gpu else "")
         per = f" per worker, {settings.workers} workers" if settings.workers > 1 else ""

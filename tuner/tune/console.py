@@ -32,9 +32,6 @@ def quiet_ray_console() -> None:
     engine (`RAY_AIR_NEW_OUTPUT=0`, read by `get_air_verbosity` in `tune.run`) prints nothing at verbosity 0.
     """
     os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # The autoscaler's events ("Adding 2 node(s) of type gpu_worker") reach every driver's console; the study's own
-    # waiting line says how many workers are up.
-    os.environ.setdefault("RAY_SCHEDULER_EVENTS", "0")
     # The notice that token authentication is on (the safe default, which leukotune keeps) is dropped; the warning
     # that it is off is not.
     logging.getLogger(TOKEN_LOGGER).addFilter(_drop_token_enabled_notice)
