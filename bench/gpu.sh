@@ -7,10 +7,15 @@
 #   bench/gpu.sh --dry-run                # the same code on CPU with tiny sizes (tests/test_gpu_bench.py runs it)
 set -euo pipefail
 cd "$(dirname "$0")/.."
-# $PYTHON if set; else this checkout's .venv when it has torch (a development machine); else the machine's python3.
-PY=python3
-if [ -x .venv/bin/python ] && .venv/bin/python -c "import torch" 2>/dev/null; then PY=.venv/bin/python; fi
-PY=${PYTHON:-$PY}
+# $PYTHON if set; else the first Python here that has torch: this checkout's .venv (a development machine), then
+# the machine's python3 or python.
+PY=${PYTHON:-}
+if [ -z "$PY" ]; then
+  for candidate in .venv/bin/python python3 python; do
+    if command -v "$candidate" >/dev/null && "$candidate" -c "import torch" 2>/dev/null; then PY=$candidate; break; fi
+  done
+fi
+[ -n "$PY" ] || { echo "bench/gpu.sh: no Python with torch found (set PYTHON=...)" >&2; exit 2; }
 if [[ " $* " != *" --dry-run "* ]]; then
   nvidia-smi --query-gpu=name,memory.total,driver_version,compute_mode --format=csv,noheader || true
 fi
