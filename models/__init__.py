@@ -8,6 +8,7 @@ from .cnn import build_cnn as build_cnn
 from .optim import UnknownOptimizerError as UnknownOptimizerError
 from .optim import build_optimizer as build_optimizer
 from .optim import list_optimizers as list_optimizers
+from .optim import optimizer_state_values as optimizer_state_values
 from .registry import MAX_IMAGE_SIZE as MAX_IMAGE_SIZE
 from .registry import MIN_IMAGE_SIZE as MIN_IMAGE_SIZE
 from .registry import ModelSpec as ModelSpec

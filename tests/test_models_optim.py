@@ -68,3 +68,18 @@ def test_unknown_name_lists_valid_names() -> None:
 def test_bad_arguments_are_refused(params, kwargs, match: str) -> None:
     with pytest.raises(ValueError, match=match):
         build_optimizer("adam", params, **kwargs)
+
+
+@pytest.mark.parametrize("name", list_optimizers())
+def test_state_values_per_parameter_are_what_the_optimiser_really_keeps(name: str) -> None:
+    """The memory estimate counts optimizer_state_values per trainable value: after a step, each parameter has
+    that many tensors of its own shape in the optimiser's state (Adam's `step` counter is a scalar, not counted)."""
+    from leukotune.models import optimizer_state_values
+
+    layer = torch.nn.Linear(4, 3)
+    optimizer = build_optimizer(name, layer.parameters(), lr=1e-3)
+    layer(torch.randn(2, 4)).sum().backward()
+    optimizer.step()
+    for parameter in layer.parameters():
+        kept = [v for v in optimizer.state[parameter].values() if torch.is_tensor(v) and v.shape == parameter.shape]
+        assert len(kept) == optimizer_state_values(name)

@@ -12,13 +12,11 @@ from dataclasses import dataclass
 import torch
 from torch import nn
 
-from leukotune.models import get_model
+from leukotune.models import get_model, optimizer_state_values
 from leukotune.tuner.config import TrainConfig, model_kwargs
 
 # What a CUDA context, cuDNN/cuBLAS workspaces and the caching allocator's slack take in each trial's process.
 PROCESS_OVERHEAD_BYTES = 768 * 2**20
-# Optimiser state per trainable value, in float32 values (RMSprop: square average; Adam/AdamW: two moments).
-OPTIMIZER_STATES = {"sgd": 1, "rmsprop": 1, "adam": 2, "adamw": 2}
 ACTIVATION_BYTES = 2  # bf16 under autocast
 # Forward outputs kept for backward, and the gradients of the same size that backward makes, alive together.
 ACTIVATION_FACTOR = 2
@@ -82,7 +80,7 @@ def estimate_trial_memory(train: TrainConfig, split_images: int = 0) -> MemoryEs
     trainable = sum(p.numel() for p in params if p.requires_grad)
     channels = 1 if train.color == "gray" else 3
     per_image = _activation_values(model, channels, train.image_size)
-    states = OPTIMIZER_STATES.get(train.optimizer, 2)
+    states = optimizer_state_values(train.optimizer)  # float32 values per trainable value
     return MemoryEstimate(
         weights=sum(p.numel() for p in params) * 4,
         gradients_and_optimizer=trainable * 4 * (1 + states),

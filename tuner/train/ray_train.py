@@ -39,7 +39,7 @@ def worker_loop(config: dict[str, Any]) -> None:
     """Entry point on every Ray Train worker: rebuild the typed config, then run the one training loop."""
     study = build_study(config["study"])
     quiet_worker_process()
-    torch.set_num_threads(study.resources.cpus_per_worker)
+    torch.set_num_threads(TrialResources.from_dict(config["resources"]).cpus_per_worker)
     session = TrainSession()
     run_training(study, session, log=print if session.world_rank == 0 else (lambda _msg: None))
 
@@ -59,7 +59,7 @@ def make_trainer(study: StudyConfig, resources: TrialResources, name: str, stora
         logging_config=LoggingConfig(log_level="WARNING"),
     )
     # NCCL between GPUs, gloo between CPU workers (NCCL has no CPU transport).
-    return TorchTrainer(worker_loop, train_loop_config={"study": study.to_dict()}, scaling_config=scaling,
+    return TorchTrainer(worker_loop, train_loop_config={"study": study.to_dict(), "resources": resources.to_dict()}, scaling_config=scaling,
                         run_config=run_config, torch_config=TorchConfig(backend="nccl" if gpu else "gloo"))
 
 

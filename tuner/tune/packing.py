@@ -18,7 +18,8 @@ import torch
 from leukotune.tuner.cluster.trial_resources import TrialResources, trials_per_gpu
 from leukotune.tuner.config import ConfigError, StudyConfig, TrainConfig, replace_train
 from leukotune.tuner.space import applies
-from leukotune.tuner.train.memory import OPTIMIZER_STATES, MemoryEstimate, estimate_trial_memory
+from leukotune.models import optimizer_state_values
+from leukotune.tuner.train.memory import MemoryEstimate, estimate_trial_memory
 
 # A GPU-node probe that has not answered by then is given up on, and the study starts unchecked.
 PROBE_TIMEOUT_S = 60.0
@@ -37,7 +38,7 @@ def _candidates(name: str, spec: dict[str, Any]) -> list[Any]:
     if name == "color":
         return ["rgb"] if "rgb" in values else list(values)  # three channels weigh more than one
     if name == "optimizer":
-        return [max(values, key=lambda o: OPTIMIZER_STATES.get(o, 2))]
+        return [max(values, key=optimizer_state_values)]
     if name in BOTH_BOUNDS:
         return sorted({min(values), max(values)})
     if name in LARGEST_WINS:

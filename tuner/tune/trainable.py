@@ -26,8 +26,8 @@ def tune_trial(config: dict[str, Any], study_dict: dict[str, Any], resources: di
     if shared_marker:
         verify_shared_storage(Path(shared_marker))
     quiet_worker_process()
-    torch.set_num_threads(study.resources.cpus_per_worker)
     decided = TrialResources.from_dict(resources)
+    torch.set_num_threads(decided.cpus_per_worker)
     if decided.runtime == "ray_train":
         train_in_tune_trial(study, decided, tune.get_context().get_trial_id(), storage / "train-runs")
         return
