@@ -12,8 +12,7 @@ from leukotune.data import AUGMENTATIONS, SPLIT_METHODS
 from leukotune.models import list_models, list_optimizers
 from leukotune.tuner.config import ConfigError, apply_overrides, build_study, load_study, model_kwargs
 from leukotune.tuner.metrics import reported_metric_names
-from leukotune.tuner.preflight import check_search_space
-from leukotune.tuner.space import sample_points
+from leukotune.tuner.tune.space import resolve_space, sample_points
 
 STUDIES = Path(__file__).resolve().parents[1] / "studies"
 
@@ -21,7 +20,7 @@ STUDIES = Path(__file__).resolve().parents[1] / "studies"
 @pytest.mark.parametrize("name", ["smoke.yaml", "paper.yaml"])
 def test_shipped_studies_load_and_their_spaces_sample(name):
     study = load_study(STUDIES / name)
-    space = check_search_space(study, draws=32)
+    space = resolve_space(study, draws=32)
     assert space
 
 
@@ -87,7 +86,7 @@ def test_unsampleable_spaces_are_refused_before_any_trial(space, fragment):
     study = load_study(STUDIES / "smoke.yaml")
     bad = study.model_copy(update={"tune": study.tune.model_copy(update={"space": space})})
     with pytest.raises(ConfigError) as info:
-        check_search_space(bad, draws=16)
+        resolve_space(bad, draws=16)
     assert fragment in str(info.value)
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from leukotune.tuner.config import ConfigError, load_study
-from leukotune.tuner.preflight import check_search_space
+from leukotune.tuner.tune.space import resolve_space
 from leukotune.tuner.tune.plan import StudyPlan
 from leukotune.tuner.tune.search import make_sampler, make_searcher, startup_trials
 
@@ -27,7 +27,7 @@ def score(config: dict) -> float:
 
 def searcher_for(overrides: list[str], concurrency: int, path: Path = SMOKE):
     study = load_study(path, overrides)
-    plan = StudyPlan(study=study, study_id="test", directory=Path("unused"), space=check_search_space(study),
+    plan = StudyPlan(study=study, study_id="test", directory=Path("unused"), space=resolve_space(study),
                      resume=False)
     return make_searcher(plan, concurrency), study
 

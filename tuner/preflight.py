@@ -1,5 +1,5 @@
-"""Checks before anything starts: storage, search space, weights and data, so a study fails in seconds, not
-after an hour inside a trial."""
+"""Checks before anything starts: storage, weights and data, so a study fails in seconds, not after an hour
+inside a trial. (The search space is resolved and checked with the study's plan: tuner/tune/space.py.)"""
 from __future__ import annotations
 
 import os
@@ -9,27 +9,8 @@ from typing import Any
 
 from leukotune.data import DatasetError, split_subjects
 from leukotune.models import get_model_spec, resolve_weights_path
-from leukotune.tuner.config import ConfigError, StudyConfig, replace_train, train_keys
-from leukotune.tuner.space import DEFAULT_SPACE, SpaceError, check_space, sample_points
+from leukotune.tuner.config import ConfigError, StudyConfig
 from leukotune.tuner.train.data_source import prepare_study_data, resolve_data_root
-
-
-def check_search_space(study: StudyConfig, draws: int = 64) -> dict[str, Any]:
-    """Validate the space's shape, then draw points offline and build each config: refuse what cannot be sampled."""
-    space = study.tune.space or DEFAULT_SPACE
-    try:
-        check_space(space, train_keys())
-        points = (sample_points(space, study.train.to_dict(), draws, seed=study.tune.seed)
-                  + list(study.tune.points_to_evaluate))
-    except SpaceError as exc:
-        raise ConfigError(str(exc)) from exc
-    for point in points:
-        try:
-            replace_train(study, point)
-        except ConfigError as exc:
-            raise ConfigError(f"tune.space can produce an unusable trial {point}: {exc}") from exc
-    return space
-
 
 # `s3://bucket/runs`, `gs://...`: Tune would sync checkpoints there, but leukotune reads them as files (the test
 # side, the model export, --resume), and `Path.resolve` would quietly make a local folder named `s3:` of it.

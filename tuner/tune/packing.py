@@ -17,7 +17,7 @@ import torch
 
 from leukotune.tuner.cluster.trial_resources import TrialResources, trials_per_gpu
 from leukotune.tuner.config import ConfigError, StudyConfig, TrainConfig, replace_train
-from leukotune.tuner.space import applies
+from leukotune.tuner.tune.space import applies
 from leukotune.models import optimizer_state_values
 from leukotune.tuner.train.memory import MemoryEstimate, estimate_trial_memory
 

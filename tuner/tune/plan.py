@@ -10,8 +10,9 @@ from pathlib import Path
 from typing import Any, Callable
 
 from leukotune.tuner.config import ConfigError, StudyConfig, build_study
-from leukotune.tuner.preflight import check_search_space, check_storage, check_weights, summarise_data
+from leukotune.tuner.preflight import check_storage, check_weights, summarise_data
 from leukotune.tuner.tracking.client import check_reachable, resolve_tracking_uri
+from leukotune.tuner.tune.space import resolve_space
 
 STUDY_FILE = "leukotune_study.json"
 # Written when a study completes: its outcome and leaderboard, so `--resume` can answer without starting Ray.
@@ -55,7 +56,7 @@ def plan_study(study: StudyConfig, resume: bool, log: Callable[[str], None] = pr
         # Four random hex digits: two studies of one name started in the same second (two users, two jobs) must not
         # share an id, which names their folder and finds their runs in MLflow.
         directory = storage / f"{study.name}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
-    space = check_search_space(study)
+    space = resolve_space(study)
     check_weights(study, space)
     plan = StudyPlan(study=study, study_id=directory.name, directory=directory, space=space, resume=resume)
     plan.data_summary = summarise_data(study)

@@ -8,7 +8,7 @@ from ray.tune.schedulers import ASHAScheduler, FIFOScheduler
 from ray.tune.search.optuna import OptunaSearch
 
 from leukotune.tuner.config import OptunaConfig, SearchConfig, StudyConfig
-from leukotune.tuner.space import DefineByRun
+from leukotune.tuner.tune.space import DefineByRun
 from leukotune.tuner.tune.plan import StudyPlan
 
 

@@ -12,6 +12,7 @@ from typing import Any, Callable
 import optuna
 
 from leukotune.models.cnn import max_conv_layers
+from leukotune.tuner.config import ConfigError, StudyConfig, replace_train, train_keys
 
 # The knobs the paper explored by hand, wider where it fixed one value. Study files may narrow or replace it.
 DEFAULT_SPACE: dict[str, dict[str, Any]] = {
@@ -125,3 +126,21 @@ def sample_points(space: dict[str, dict[str, Any]], fixed: dict[str, Any], count
         points.append(dict(trial.params))
         study.tell(trial, 0.0)
     return points
+
+
+def resolve_space(study: StudyConfig, draws: int = 64) -> dict[str, Any]:
+    """The study's space (`tune.space`, else DEFAULT_SPACE), checked: its shape first, then points drawn offline
+    and each built into a config, so a space that can produce an unusable trial is refused before Ray starts."""
+    space = study.tune.space or DEFAULT_SPACE
+    try:
+        check_space(space, train_keys())
+        points = (sample_points(space, study.train.to_dict(), draws, seed=study.tune.seed)
+                  + list(study.tune.points_to_evaluate))
+    except SpaceError as exc:
+        raise ConfigError(str(exc)) from exc
+    for point in points:
+        try:
+            replace_train(study, point)
+        except ConfigError as exc:
+            raise ConfigError(f"tune.space can produce an unusable trial {point}: {exc}") from exc
+    return space
