@@ -70,3 +70,18 @@ def test_the_study_keeps_enough_trials_for_export_and_the_test_side():
     assert trials_to_keep(load_study(SMOKE, ["tracking.log_models=1", "tune.test_top_k=3"])) == 3
     assert trials_to_keep(load_study(SMOKE, ["tracking.log_models=5", "tune.test_top_k=0"])) == 5
     assert trials_to_keep(load_study(SMOKE, ["tracking.log_models=all"])) == "all"
+
+
+def test_a_trial_that_finishes_outside_the_top_is_freed_at_once_and_a_top_one_is_not(tmp_path):
+    from leukotune.tuner.tune.retention import prune_finished_trial
+
+    a, b = trial(tmp_path, "a", "TERMINATED", 0.9), trial(tmp_path, "b", "TERMINATED", 0.8)
+    running = trial(tmp_path, "r", "RUNNING", 0.99)
+    low = trial(tmp_path, "c", "TERMINATED", 0.5)
+    everyone = [a, b, running, low]
+    assert prune_finished_trial(low, everyone, METRIC, "max", 2) > 0  # third of the ended: it cannot come back
+    assert sorted(p.name for p in low.dir.iterdir()) == ["result.json"]
+    for kept in (a, b):  # in the top two: whole until the study's end thins them
+        assert prune_finished_trial(kept, everyone, METRIC, "max", 2) == 0 and (kept.latest / STATE_FILE).is_file()
+    assert prune_finished_trial(running, everyone, METRIC, "max", 2) == 0  # not finished
+    assert prune_finished_trial(low, everyone, METRIC, "max", "all") == 0

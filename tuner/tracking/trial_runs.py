@@ -74,7 +74,11 @@ class TrialRecorder:
     """One MLflow child run per trial, written from the driver."""
 
     def __init__(self, tracker: Tracker, parent_run_id: str, study_id: str, metric: str, epochs: int,
-                 log_models: int | str = 3, log: Callable[[str], None] = print, mode: str = "max"):
+                 log_models: int | str = 3, log: Callable[[str], None] = print, mode: str = "max",
+                 after_finish: Callable[[Any], None] | None = None):
+        """`after_finish(trial)`: called on the background thread once a finished trial's run is complete in MLflow
+        (the study frees its checkpoints there when they can no longer be used)."""
+        self.after_finish = after_finish
         self.tracker, self.parent_run_id, self.study_id = tracker, parent_run_id, study_id
         self.metric, self.epochs, self.log_models, self.log, self.mode = metric, epochs, log_models, log, mode
         self.run_ids: dict[str, str] = {}
@@ -151,7 +155,7 @@ class TrialRecorder:
         early = self.last_epoch.get(trial.trial_id, self.epochs) < self.epochs
         self.tracker.set_tags(run_id, {TAG_EARLY_STOP: str(early).lower()})
         self.closed.add(run_id)
-        self.background.submit(self._finish, run_id, checkpoint_dir_of(trial))
+        self.background.submit(self._finish, run_id, checkpoint_dir_of(trial), trial)
 
     def record_error(self, trial) -> None:
         run_id = self.run_for(trial)
@@ -160,13 +164,15 @@ class TrialRecorder:
         self.background.submit(self._fail, run_id, error)
 
     # ------------------------------------------------------------ endings
-    def _finish(self, run_id: str, checkpoint_dir: Path | None) -> None:
+    def _finish(self, run_id: str, checkpoint_dir: Path | None, trial=None) -> None:
         try:
             if checkpoint_dir is not None:
                 log_trial_artifacts(self.tracker, run_id, checkpoint_dir, self.metric)
         finally:
             # The trial did finish: a failed upload is reported, but must not leave the run RUNNING.
             self.tracker.end_run(run_id, "FINISHED")
+        if trial is not None and self.after_finish is not None:
+            self.after_finish(trial)
 
     def _fail(self, run_id: str, error_file: str) -> None:
         if error_file and Path(error_file).is_file():

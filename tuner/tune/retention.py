@@ -65,6 +65,21 @@ def prune_checkpoints(trials: Iterable[Any], metric: str, mode: str, keep: int |
     return Pruned(count, removed)
 
 
+def prune_finished_trial(trial: Any, trials: Iterable[Any], metric: str, mode: str, keep: int | str) -> int:
+    """While the study runs: remove every checkpoint folder of a trial that finished outside the top `keep`.
+
+    A trial outside the top when it finishes stays outside (later trials only add rivals), so nothing the study
+    will export or score is lost, and a long study holds the checkpoints of its top trials and its running ones, not
+    of every trial that has run. Returns the bytes freed. The top trials are thinned at the end
+    (`prune_checkpoints`)."""
+    if keep == "all" or trial.status != "TERMINATED":
+        return 0
+    latest = checkpoint_dir_of(trial)
+    if latest is None or trial.trial_id in {t.trial_id for t in top_trials(list(trials), metric, mode, keep)}:
+        return 0
+    return sum(_remove(folder) for folder in _checkpoint_folders(latest.parent))
+
+
 def _checkpoint_folders(trial_dir: Path) -> list[Path]:
     return sorted(p for p in trial_dir.iterdir()
                   if p.is_dir() and _CHECKPOINT_FOLDER.fullmatch(p.name) and (p / MANIFEST_FILE).is_file())

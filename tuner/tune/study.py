@@ -46,6 +46,7 @@ from leukotune.tuner.tune.console import (
 from leukotune.tuner.tune.holdout import add_test_scores, evaluate_top_trials
 from leukotune.tuner.tune.packing import check_packing, probe_gpu_memory
 from leukotune.tuner.tune.plan import StudyPlan, save_plan, save_result
+from leukotune.tuner.tune.retention import prune_checkpoints, prune_finished_trial, trials_to_keep
 from leukotune.tuner.tune.search import make_scheduler, make_searcher
 from leukotune.tuner.tune.trainable import reuse_actors, tune_trial
 
@@ -162,8 +163,11 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
     # The default `print` gets the console's own output (a live line on a terminal); any other `log` gets the lines.
     console = StudyConsole(study.tune.num_samples, study.tune.metric, study.tune.mode, study.train.epochs,
                            study.tune.scheduler, log=None if log is print else log)
+    keep = trials_to_keep(study)
     recorder = TrialRecorder(tracker, parent_run_id, plan.study_id, study.tune.metric, study.train.epochs,
-                             log_models=study.tracking.log_models, log=console.log, mode=study.tune.mode)
+                             log_models=study.tracking.log_models, log=console.log, mode=study.tune.mode,
+                             after_finish=lambda trial: prune_finished_trial(trial, recorder.trials, study.tune.metric,
+                                                                             study.tune.mode, keep))
     forward_sigterm_to_tune()
     complete, stopped = False, None
     test_scores: dict[str, dict[str, float]] = {}
@@ -185,6 +189,8 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
         release_request()
         release_console(plan.study_id)  # the live line goes before the closing lines
         closed = recorder.close()
+        # After close(): the runs' learning curves are read from the trials' state.pt.
+        prune_checkpoints(recorder.trials, study.tune.metric, study.tune.mode, keep, study_complete=complete, log=log)
         leaderboard = [trial_summary(t, study.tune.metric) for t in recorder.trials]
         add_test_scores(leaderboard, test_scores, study.tune.metric)
         log_study_end(tracker, parent_run_id, plan, leaderboard, complete)
