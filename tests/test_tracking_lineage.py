@@ -6,13 +6,23 @@ import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
+from leukotune.tuner.preflight import DataSummary
 from leukotune.tuner.tracking.client import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND, Tracker
 from leukotune.tuner.tracking.datasets import log_dataset_inputs, run_dataset_inputs, study_dataset_inputs
 from leukotune.tuner.tracking.parent_run import LEADERBOARD_TABLE, leaderboard_frame, log_leaderboard_table, log_winner
 
 SPLIT = {"total": {"all": 30, "hem": 30}, "train": {"all": 20, "hem": 22}, "val": {"all": 10, "hem": 8}}
-REAL = {"root": "/data/C-NMC_Leukemia", "synthetic": False, "fingerprint": "0123456789abcdef", "split": SPLIT}
-SYNTHETIC = {"root": "/cache/synthetic/ab12", "synthetic": True, "fingerprint": "fedcba9876543210", "split": SPLIT}
+
+
+def summary(**values) -> DataSummary:
+    fields = {"root": "/data/C-NMC_Leukemia", "cells": 60, "all": 30, "hem": 30, "subjects": 8, "split": SPLIT,
+              "split_subjects": {}, "skipped": (), "synthetic": False, "fingerprint": "0123456789abcdef",
+              "split_method": "subject", "test_source": "none"}
+    return DataSummary(**{**fields, **values})
+
+
+REAL = summary()
+SYNTHETIC = summary(root="/cache/synthetic/ab12", synthetic=True, fingerprint="fedcba9876543210")
 LEADERBOARD = [
     {"trial_id": "t1", "status": "TERMINATED", "epochs": 2, "best": 0.61, "config": {"lr": 0.001, "conv_layers": 3}},
     {"trial_id": "t2", "status": "TERMINATED", "epochs": 4, "best": 0.83, "config": {"lr": 0.002, "conv_layers": 4}},
@@ -51,24 +61,23 @@ def test_experiments_open_in_the_training_view_when_created_and_when_reused(uri)
     assert client.get_experiment_by_name("made-before-the-tag").experiment_id == older
 
 
-@pytest.mark.parametrize("summary, source_type, source_text, name", [
+@pytest.mark.parametrize("data, source_type, source_text, name", [
     (REAL, "local", "/data/C-NMC_Leukemia", "C-NMC_Leukemia"),
     (SYNTHETIC, "code", "synthetic:cells_per_subject=12,seed=0,subjects=8", "synthetic-cnmc"),
 ])
-def test_one_dataset_input_per_side_with_the_fingerprint_as_digest(summary, source_type, source_text, name):
-    inputs = study_dataset_inputs(summary, "subject", {"subjects": 8, "cells_per_subject": 12, "seed": 0})
+def test_one_dataset_input_per_side_with_the_fingerprint_as_digest(data, source_type, source_text, name):
+    inputs = study_dataset_inputs(data, "subject", {"subjects": 8, "cells_per_subject": 12, "seed": 0})
     contexts = [{t.key: t.value for t in i.tags}["mlflow.data.context"] for i in inputs]
     assert contexts == ["train", "val"]
     for dataset_input, side in zip(inputs, contexts):
         dataset = dataset_input.dataset
-        assert dataset.digest == summary["fingerprint"] and dataset.name == f"{name}-{side}"
+        assert dataset.digest == data.fingerprint and dataset.name == f"{name}-{side}"
         assert dataset.source_type == source_type and source_text in dataset.source
         assert f'"cells": {sum(SPLIT[side].values())}' in dataset.profile
 
 
 def test_a_test_side_in_the_data_summary_becomes_a_third_input():
-    summary = {**REAL, "split": {**SPLIT, "test": {"all": 5, "hem": 5}}}
-    inputs = study_dataset_inputs(summary, "subject")
+    inputs = study_dataset_inputs(summary(split={**SPLIT, "test": {"all": 5, "hem": 5}}), "subject")
     assert [i.dataset.name for i in inputs] == ["C-NMC_Leukemia-train", "C-NMC_Leukemia-val", "C-NMC_Leukemia-test"]
 
 
@@ -80,7 +89,7 @@ def test_dataset_inputs_are_stored_on_the_run_and_copied_to_another(tracker):
     for run_id in (parent, trial):
         stored = tracker.client.get_run(run_id).inputs.dataset_inputs
         assert sorted(i.dataset.name for i in stored) == ["C-NMC_Leukemia-train", "C-NMC_Leukemia-val"]
-        assert {i.dataset.digest for i in stored} == {REAL["fingerprint"]}
+        assert {i.dataset.digest for i in stored} == {REAL.fingerprint}
 
 
 def test_leaderboard_is_an_mlflow_table_written_once_even_when_a_resumed_study_logs_it_again(tracker):
@@ -105,7 +114,7 @@ def test_the_study_run_carries_the_winners_metric_and_parameters(tracker):
 
 
 def test_the_test_side_says_where_its_cells_come_from():
-    summary = {**REAL, "split": {**SPLIT, "test": {"all": 5, "hem": 5}}, "test_source": "prelim"}
-    test_input = study_dataset_inputs(summary, "subject")[-1]
+    with_test = summary(split={**SPLIT, "test": {"all": 5, "hem": 5}}, test_source="prelim")
+    test_input = study_dataset_inputs(with_test, "subject")[-1]
     assert {t.key: t.value for t in test_input.tags} == {
         "mlflow.data.context": "test", "leukotune.split": "subject", "leukotune.test_source": "prelim"}

@@ -4,10 +4,11 @@ from __future__ import annotations
 
 import os
 import re
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from leukotune.data import DatasetError, split_subjects
+from leukotune.data import DatasetError, SkippedFile, split_subjects
 from leukotune.models import get_model_spec, resolve_weights_path
 from leukotune.tuner.config import ConfigError, StudyConfig
 from leukotune.tuner.train.data_source import prepare_study_data, resolve_data_root
@@ -58,7 +59,36 @@ def check_weights(study: StudyConfig, space: dict[str, Any]) -> None:
                 raise ConfigError(f"train.weights={study.train.weights!r} for {name}: {exc}") from exc
 
 
-def summarise_data(study: StudyConfig) -> dict[str, Any]:
+@dataclass(frozen=True)
+class DataSummary:
+    """What a study's data holds, read once on the driver before Ray starts: the plan carries it, the console and
+    the parent run report it, the test side asks it whether there is a test side at all."""
+
+    root: str
+    cells: int
+    all: int  # cells labelled ALL
+    hem: int  # cells labelled normal
+    subjects: int
+    split: dict[str, dict[str, int]]  # side (total, train, val, test) -> class -> cells
+    split_subjects: dict[str, list[str]]  # side -> subject ids
+    skipped: tuple[SkippedFile, ...]
+    synthetic: bool
+    fingerprint: str
+    split_method: str
+    test_source: str  # prelim (the C-NMC preliminary test folder), subjects (set aside) or none
+
+    def cells_on(self, *sides: str) -> int:
+        """Cells on the given sides together (e.g. `cells_on("train", "val")`)."""
+        return sum(sum(self.split.get(side, {}).values()) for side in sides)
+
+    def to_dict(self) -> dict[str, Any]:
+        """As logged with the parent run (`data/summary.json`)."""
+        values = asdict(self)
+        values["skipped"] = [{"path": s.path, "reason": s.reason} for s in self.skipped]
+        return values
+
+
+def summarise_data(study: StudyConfig) -> DataSummary:
     """Decode and split the data once on the driver, before Ray starts.
 
     Unreadable files are found here (and listed in the parent run), not one trial at a time; a folder with nothing
@@ -72,8 +102,8 @@ def summarise_data(study: StudyConfig) -> dict[str, Any]:
     except DatasetError as exc:
         raise ConfigError(f"data: {exc}") from exc
     labels = data.labels.tolist()
-    return {"root": str(root), "cells": len(labels), "all": labels.count(1), "hem": labels.count(0),
-            "subjects": len(set(data.subjects.tolist())), "split": data.counts,
-            "skipped": [{"path": s.path, "reason": s.reason} for s in data.skipped],
-            "synthetic": not study.data.path, "fingerprint": data.fingerprint,
-            "split_method": data.split, "test_source": data.test_source, "split_subjects": split_subjects(data)}
+    return DataSummary(root=str(root), cells=len(labels), all=labels.count(1), hem=labels.count(0),
+                       subjects=len(set(data.subjects.tolist())), split=data.counts,
+                       split_subjects=split_subjects(data), skipped=tuple(data.skipped),
+                       synthetic=not study.data.path, fingerprint=data.fingerprint, split_method=data.split,
+                       test_source=data.test_source)

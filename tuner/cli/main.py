@@ -86,8 +86,8 @@ def cmd_train(args: argparse.Namespace) -> int:
     study = load_study(args.config, args.overrides, args.data)
     storage = check_storage(study.storage_path)
     data = summarise_data(study)
-    print(f"data: {data['cells']} cells ({data['all']} ALL, {data['hem']} hem) of {data['subjects']} subjects"
-          f"{', synthetic' if data['synthetic'] else ''}; {len(data['skipped'])} files skipped")
+    print(f"data: {data.cells} cells ({data.all} ALL, {data.hem} hem) of {data.subjects} subjects"
+          f"{', synthetic' if data.synthetic else ''}; {len(data.skipped)} files skipped")
     init_ray(args.address, {})
     resources = decide_trial_resources(study, read_cluster_shape(), in_tune=False)
     print(f"resources: {resources.describe()}")
@@ -124,10 +124,10 @@ def cmd_tune(args: argparse.Namespace) -> int:
     plan = plan_study(study, resume=args.resume)
     if plan.finished is not None:
         return report_finished_study(plan)
-    skipped = plan.data_summary["skipped"]
-    print(f"data: {plan.data_summary['cells']} cells of {plan.data_summary['subjects']} subjects"
-          f"{' (synthetic)' if plan.data_summary['synthetic'] else ''}; {len(skipped)} files skipped"
-          + (f" (first: {skipped[0]['path']}: {skipped[0]['reason']})" if skipped else ""))
+    data = plan.data_summary
+    skipped = data.skipped
+    print(f"data: {data.cells} cells of {data.subjects} subjects{' (synthetic)' if data.synthetic else ''}; "
+          f"{len(skipped)} files skipped" + (f" (first: {skipped[0].path}: {skipped[0].reason})" if skipped else ""))
     print(describe_sides(plan.data_summary))
     outcome = run_study(plan, args.address)
     print_leaderboard(outcome.leaderboard, plan.study.tune.metric)
@@ -160,14 +160,13 @@ def report_finished_study(plan) -> int:
     return EXIT_OK
 
 
-def describe_sides(data: dict[str, Any]) -> str:
-    """Cells and subjects per side; the test side is untouched until the search ends."""
-    counts, sides = data.get("split", {}), data.get("split_subjects", {})
-    parts = [f"{side} {sum(counts.get(side, {}).values())} cells/{len(sides.get(side, []))} subjects"
+def describe_sides(data) -> str:
+    """Cells and subjects per side (a DataSummary); the test side is untouched until the search ends."""
+    parts = [f"{side} {data.cells_on(side)} cells/{len(data.split_subjects.get(side, []))} subjects"
              for side in ("train", "val", "test")]
     source = {"prelim": "the C-NMC preliminary test folder", "subjects": "subjects set aside",
-              "none": "none (data.test_fraction 0)"}.get(data.get("test_source", "none"), "?")
-    return f"sides ({data.get('split_method', '?')} split): {', '.join(parts)}; test side: {source}"
+              "none": "none (data.test_fraction 0)"}.get(data.test_source, "?")
+    return f"sides ({data.split_method} split): {', '.join(parts)}; test side: {source}"
 
 
 def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:

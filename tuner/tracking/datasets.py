@@ -18,6 +18,7 @@ from mlflow.entities import Dataset as DatasetEntity
 from mlflow.entities import DatasetInput, InputTag
 from mlflow.utils.mlflow_tags import MLFLOW_DATASET_CONTEXT
 
+from leukotune.tuner.preflight import DataSummary
 from leukotune.tuner.tracking.client import Tracker, with_retries
 
 TAG_SPLIT = "leukotune.split"
@@ -42,40 +43,40 @@ class CellImages(MetaDataset):
         return {**super().to_dict(), "profile": json.dumps(self.profile)}
 
 
-def data_source(data_summary: dict[str, Any], synthetic: dict[str, Any] | None) -> DatasetSource:
+def data_source(data: DataSummary, synthetic: dict[str, Any] | None) -> DatasetSource:
     """The real folder as a local source; the synthetic stand-in as code, with the parameters that regenerate it."""
-    if data_summary.get("synthetic"):
+    if data.synthetic:
         params = ",".join(f"{key}={value}" for key, value in sorted((synthetic or {}).items()))
         return CodeDatasetSource({"source": f"synthetic:{params}", "generator": "leukotune data synth",
-                                  "path": str(data_summary.get("root", ""))})
+                                  "path": data.root})
     # `local` is the type MLflow gives a file path; resolving it by type avoids its ambiguous path guessing.
-    return get_dataset_source_from_json(json.dumps({"uri": str(data_summary["root"])}), "local")
+    return get_dataset_source_from_json(json.dumps({"uri": data.root}), "local")
 
 
-def dataset_name(data_summary: dict[str, Any]) -> str:
+def dataset_name(data: DataSummary) -> str:
     """Readable in the runs table: the data folder's name, or `synthetic-cnmc`."""
-    if data_summary.get("synthetic"):
+    if data.synthetic:
         return SYNTHETIC_NAME
-    return Path(str(data_summary.get("root", "cnmc"))).name or "cnmc"
+    return Path(data.root or "cnmc").name or "cnmc"
 
 
-def split_sides(data_summary: dict[str, Any]) -> list[str]:
-    """The sides the split produced (`train`, `val`, `test` once the data summary has it); `total` is no side."""
-    return [side for side in data_summary.get("split", {}) if side != "total"]
+def split_sides(data: DataSummary) -> list[str]:
+    """The sides the split produced (`train`, `val`, and `test` when there is one); `total` is no side."""
+    return [side for side in data.split if side != "total"]
 
 
-def study_dataset_inputs(data_summary: dict[str, Any], split: str,
-                         synthetic: dict[str, Any] | None = None) -> list[DatasetInput]:
+def study_dataset_inputs(data: DataSummary, split: str, synthetic: dict[str, Any] | None = None
+                         ) -> list[DatasetInput]:
     """One dataset input per side, digest = the data fingerprint, context = the side's name."""
-    source, base = data_source(data_summary, synthetic), dataset_name(data_summary)
-    digest = str(data_summary.get("fingerprint") or "unknown")
+    source, base = data_source(data, synthetic), dataset_name(data)
+    digest = data.fingerprint or "unknown"
     inputs = []
-    for side in split_sides(data_summary):
+    for side in split_sides(data):
         # One name per side: MLflow keeps a single input per (name, digest) on a run.
-        dataset = CellImages(source, f"{base}-{side}", digest, data_summary["split"][side])
+        dataset = CellImages(source, f"{base}-{side}", digest, data.split[side])
         tags = [InputTag(MLFLOW_DATASET_CONTEXT, side), InputTag(TAG_SPLIT, split)]
-        if side == "test" and data_summary.get("test_source"):  # the preliminary test folder, or subjects set aside
-            tags.append(InputTag(TAG_TEST_SOURCE, str(data_summary["test_source"])))
+        if side == "test" and data.test_source:  # the preliminary test folder, or subjects set aside
+            tags.append(InputTag(TAG_TEST_SOURCE, data.test_source))
         inputs.append(DatasetInput(dataset=DatasetEntity(**dataset.to_dict()), tags=tags))
     return inputs
 

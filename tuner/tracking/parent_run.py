@@ -13,6 +13,7 @@ from ray.tune.search.optuna import OptunaSearch
 
 from leukotune.tuner.evaluation import metric_on_test
 from leukotune.tuner.metrics import ranking_key
+from leukotune.tuner.preflight import DataSummary
 from leukotune.tuner.tracking.client import TAG_FINGERPRINT, TAG_KIND, TAG_STUDY, Tracker, code_version, with_retries
 from leukotune.tuner.tracking.datasets import log_dataset_inputs, study_dataset_inputs
 
@@ -29,39 +30,37 @@ def open_parent(tracker: Tracker, plan) -> str:
         return run_id
     data = plan.data_summary
     tags = {TAG_STUDY: plan.study_id, TAG_KIND: "study", "leukotune.code_version": code_version(),
-            TAG_FINGERPRINT: data.get("fingerprint", ""), "mlflow.note.content": describe(plan)}
+            TAG_FINGERPRINT: data.fingerprint, "mlflow.note.content": describe(plan)}
     run_id = tracker.create_run(plan.study_id, tags)
     synthetic = None if plan.study.data.path else plan.study.data.synthetic.to_dict()
     log_dataset_inputs(tracker, run_id, study_dataset_inputs(data, plan.study.data.split, synthetic))
     tracker.log_params(run_id, {"study": plan.study.to_dict()})
     tracker.log_json(run_id, plan.study.to_dict(), "config/resolved.json")
     tracker.log_json(run_id, plan.space, "config/search_space.json")
-    tracker.log_json(run_id, data, "data/summary.json")
+    tracker.log_json(run_id, data.to_dict(), "data/summary.json")
     log_split(tracker, run_id, data)
-    tracker.log_metrics(run_id, {"data_cells": data.get("cells", 0), "data_subjects": data.get("subjects", 0),
-                                 "data_skipped_files": len(data.get("skipped", []))}, step=0)
+    tracker.log_metrics(run_id, {"data_cells": data.cells, "data_subjects": data.subjects,
+                                 "data_skipped_files": len(data.skipped)}, step=0)
     return run_id
 
 
-def log_split(tracker: Tracker, run_id: str, data: dict[str, Any]) -> None:
+def log_split(tracker: Tracker, run_id: str, data: DataSummary) -> None:
     """Which subjects are on each side (`data/split.json`) and the cells per side and class as params, so a reader
     can check that no test patient was trained on."""
-    if "split_subjects" not in data:
-        return
-    tracker.log_json(run_id, data["split_subjects"], "data/split.json")
+    tracker.log_json(run_id, data.split_subjects, "data/split.json")
     counts = {f"data.{side}_{name}_cells": n for side in ("train", "val", "test")
-              for name, n in data["split"].get(side, {}).items()}
-    counts |= {f"data.{side}_subjects": len(subjects) for side, subjects in data["split_subjects"].items()}
-    tracker.log_params(run_id, {**counts, "data.split_method": data.get("split_method"),
-                                "data.test_source": data.get("test_source")})
+              for name, n in data.split.get(side, {}).items()}
+    counts |= {f"data.{side}_subjects": len(subjects) for side, subjects in data.split_subjects.items()}
+    tracker.log_params(run_id, {**counts, "data.split_method": data.split_method,
+                                "data.test_source": data.test_source})
 
 
 def describe(plan) -> str:
     data = plan.data_summary
-    source = "synthetic stand-in" if data.get("synthetic") else data.get("root")
+    source = "synthetic stand-in" if data.synthetic else data.root
     return (f"leukotune study {plan.study_id}: {plan.study.tune.num_samples} trials, "
-            f"{plan.study.data.split} split, metric {plan.study.tune.metric}. Data: {source}, {data.get('cells')} "
-            f"cells of {data.get('subjects')} subjects ({len(data.get('skipped', []))} files skipped).")
+            f"{plan.study.data.split} split, metric {plan.study.tune.metric}. Data: {source}, {data.cells} "
+            f"cells of {data.subjects} subjects ({len(data.skipped)} files skipped).")
 
 
 def log_study_end(tracker: Tracker, run_id: str, plan, leaderboard: list[dict[str, Any]], complete: bool) -> None:

@@ -51,7 +51,7 @@ def evaluate_top_trials(plan, trials: list, run_ids: dict[str, str], tracker: Tr
     winner's (the best by validation) to the parent with the selection gap; returns metrics by trial id."""
     study = plan.study
     metric, mode, k = study.tune.metric, study.tune.mode, study.tune.test_top_k
-    test_cells = sum(plan.data_summary.get("split", {}).get("test", {}).values())
+    test_cells = plan.data_summary.cells_on("test")
     if k == 0 or test_cells == 0:
         log("no test evaluation: " + ("tune.test_top_k is 0" if k == 0 else "the data has no test side"))
         return {}

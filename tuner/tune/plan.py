@@ -5,12 +5,12 @@ import json
 import os
 import secrets
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
 from leukotune.tuner.config import ConfigError, StudyConfig, build_study
-from leukotune.tuner.preflight import check_storage, check_weights, summarise_data
+from leukotune.tuner.preflight import DataSummary, check_storage, check_weights, summarise_data
 from leukotune.tuner.tracking.client import check_reachable, resolve_tracking_uri
 from leukotune.tuner.tune.space import resolve_space
 
@@ -30,7 +30,7 @@ class StudyPlan:
     directory: Path
     space: dict[str, Any]
     resume: bool
-    data_summary: dict[str, Any] = field(default_factory=dict)
+    data_summary: DataSummary | None = None  # None only for a finished study (`finished`), where nothing runs
     # On --resume of a study that already completed: its saved outcome (see `save_result`); nothing is run.
     finished: dict[str, Any] | None = None
 

@@ -74,8 +74,7 @@ def place_study(plan: StudyPlan, log: Callable[[str], None]) -> Placement:
     if resources.uses_gpu:
         memory = probe_gpu_memory(log)
         if memory is not None:
-            cells = plan.data_summary.get("split", {})
-            split_images = sum(sum(cells.get(side, {}).values()) for side in ("train", "val"))
+            split_images = plan.data_summary.cells_on("train", "val")  # what a trial may hold on its GPU
             log(check_packing(study, plan.space, resources, memory, split_images))
     return Placement(shape, resources, concurrency, marker)
 
