@@ -17,9 +17,10 @@ from typing import Any, TextIO
 from ray import tune
 from tqdm import tqdm
 
+from leukotune.tuner.compat import RAY_AUTH_TOKEN_LOGGER
 from leukotune.tuner.metrics import is_better
 
-TOKEN_LOGGER = "ray._private.authentication.authentication_token_setup"
+TOKEN_LOGGER = RAY_AUTH_TOKEN_LOGGER
 SLOW_STEP_LOGGER = "ray.tune.utils.util"  # `warn_if_slow`: "... may be a performance bottleneck"
 STATUS_REFRESH_S = 1.0
 
