@@ -1,4 +1,5 @@
-"""leukotune's data: read the C-NMC 2019 layout, check it, split it by subject, cache decoded images, augment.
+"""leukotune's data: read the C-NMC 2019 layout, check it, split it by subject, cache decoded images, and
+preprocess them for a model (the same for training and serving: `preprocess.py`).
 
 Only numpy, Pillow, torch, PyYAML and the standard library are used here (never ray or mlflow), so this package
 is testable in a second and usable outside a cluster.
@@ -17,15 +18,17 @@ from .cnmc import Manifest as Manifest
 from .cnmc import SkippedFile as SkippedFile
 from .cnmc import load_manifest as load_manifest
 from .cnmc import parse_cell_name as parse_cell_name
-from .dataset import AUGMENTATIONS as AUGMENTATIONS
 from .dataset import CellDataset as CellDataset
-from .dataset import augmentation_factor as augmentation_factor
 from .dataset import channel_stats as channel_stats
 from .dataset import collate_batch as collate_batch
 from .errors import DatasetError as DatasetError
 from .errors import ImageError as ImageError
 from .images import probe_image as probe_image
 from .images import read_image as read_image
+from .preprocess import AUGMENTATIONS as AUGMENTATIONS
+from .preprocess import Normalization as Normalization
+from .preprocess import augmentation_factor as augmentation_factor
+from .preprocess import fit_image as fit_image
 from .prepare import PreparedData as PreparedData
 from .prepare import manifest_fingerprint as manifest_fingerprint
 from .prepare import prepare_data as prepare_data

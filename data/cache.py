@@ -21,7 +21,7 @@ import numpy as np
 from . import images as _images
 from .cnmc import CellRecord, SkippedFile
 from .errors import DatasetError, ImageError
-from .images import channels_for
+from .preprocess import channels_for
 
 __all__ = ["CACHE_VERSION", "CachedImages", "cache_key", "default_cache_dir", "load_cached_images"]
 

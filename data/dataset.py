@@ -1,4 +1,5 @@
-"""A torch Dataset over the decoded uint8 cache: batched fetches, normalisation and rot90/flip augmentation.
+"""A torch Dataset over the decoded uint8 cache: batched fetches, normalised and rot90/flip-augmented by
+`preprocess`.
 
 A cell has no canonical orientation, so the eight rotations/flips of an image are equally valid cells: the paper
 enlarged its training set 4x/8x with them ("materialize"); on the fly, each epoch sees one random variant instead.
@@ -11,26 +12,15 @@ import numpy as np
 import torch
 from torch.utils.data import Dataset, default_collate, get_worker_info
 
-__all__ = ["AUGMENTATIONS", "BatchItems", "CellDataset", "augmentation_factor", "channel_stats", "collate_batch"]
+from .preprocess import AUGMENTATIONS, Normalization, apply_variants, augmentation_factor, check_augment
 
-# Variants per image: rotations by k * 90 degrees, optionally after a horizontal flip.
-AUGMENTATIONS = {"none": 1, "rot90": 4, "rot90_flip": 8}
+__all__ = ["BatchItems", "CellDataset", "channel_stats", "collate_batch"]
+
 # Enough pixels for mean/std to three decimals; reading every image of a large cache would cost seconds.
 STATS_MAX_IMAGES = 2048
 STATS_CHUNK_VALUES = 4_000_000  # float64 values per chunk (32 MB), whatever the image size
 # A channel that is (nearly) constant would blow up on division; one grey level is the smallest meaningful spread.
 MIN_STD = 1.0 / 255.0
-
-
-def augmentation_factor(augment: str, materialize: bool) -> int:
-    """How many times each image appears per epoch: 4 or 8 when materialized, else 1."""
-    _check_augment(augment)
-    return AUGMENTATIONS[augment] if materialize else 1
-
-
-def _check_augment(augment: str) -> None:
-    if augment not in AUGMENTATIONS:
-        raise ValueError(f"unknown augment {augment!r}; valid: {', '.join(AUGMENTATIONS)}")
 
 
 def channel_stats(images: np.ndarray, indices: Sequence[int] | np.ndarray,
@@ -81,10 +71,8 @@ class CellDataset(Dataset):
     def __init__(self, images: np.ndarray, labels: np.ndarray, indices: Sequence[int] | np.ndarray,
                  mean: Sequence[float], std: Sequence[float], augment: str = "none", materialize: bool = False,
                  seed: int = 0) -> None:
-        _check_augment(augment)
-        channels = images.shape[1]
-        if len(mean) != channels or len(std) != channels:
-            raise ValueError(f"mean/std need {channels} values (one per channel), got {len(mean)} and {len(std)}")
+        check_augment(augment)
+        self.normalization = Normalization(mean, std, channels=images.shape[1])
         if augment != "none" and images.shape[2] != images.shape[3]:
             raise ValueError(f"rotation needs square images, got {images.shape[2]}x{images.shape[3]}")
         self.images = images
@@ -94,11 +82,6 @@ class CellDataset(Dataset):
         self.materialize = materialize
         self.seed = seed
         self.factor = augmentation_factor(augment, materialize)
-        # x_norm = (x / 255 - mean) / std, folded into one multiply-add (numpy's is ~3x faster than torch's
-        # broadcast in-place ops on one thread).
-        std_a = np.asarray(std, dtype=np.float32).reshape(-1, 1, 1)
-        self._scale = 1.0 / (255.0 * std_a)
-        self._shift = -np.asarray(mean, dtype=np.float32).reshape(-1, 1, 1) / std_a
         self._rng: np.random.Generator | None = None
         self._rng_worker: int | None = None
 
@@ -124,10 +107,8 @@ class CellDataset(Dataset):
         if self.augment != "none":
             if not self.materialize:
                 variants = self._draw_variants(len(positions))
-            batch = _apply_variants(batch, variants)
-        pixels = batch.astype(np.float32)
-        pixels *= self._scale
-        pixels += self._shift
+            batch = apply_variants(batch, variants)
+        pixels = self.normalization.numpy(batch)
         x, y = torch.from_numpy(pixels), torch.from_numpy(self.labels[source])
         return BatchItems(zip(x, y), batch=(x, y))
 
@@ -145,16 +126,3 @@ class CellDataset(Dataset):
             self._rng = np.random.default_rng(entropy)
             self._rng_worker = worker_id
         return self._rng
-
-
-def _apply_variants(batch: np.ndarray, variants: np.ndarray) -> np.ndarray:
-    """Apply variant v to each sample of a (B, C, H, W) batch: flip W when v >= 4, then rotate by (v % 4) * 90."""
-    flip = variants >= 4
-    if flip.any():
-        batch[flip] = batch[flip][..., ::-1]
-    turns = variants % 4
-    for k in (1, 2, 3):
-        chosen = turns == k
-        if chosen.any():
-            batch[chosen] = np.rot90(batch[chosen], k, axes=(2, 3))
-    return batch

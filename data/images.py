@@ -1,5 +1,5 @@
-"""Decode one cell image into a fixed-size uint8 (C, H, W) array, converting odd but readable files and rejecting
-broken ones with an ImageError that says why.
+"""Decode one cell image, rejecting broken ones with an ImageError that says why, and fit it to a model's input
+(`preprocess.fit_image`: odd but readable files are converted).
 """
 from __future__ import annotations
 
@@ -12,24 +12,16 @@ import numpy as np
 from PIL import Image, ImageFile
 
 from .errors import ImageError
+from .preprocess import fit_image, input_channels
 
-__all__ = ["COLOR_CHANNELS", "MAX_PIXELS", "channels_for", "probe_image", "read_image"]
+__all__ = ["MAX_PIXELS", "probe_image", "read_image"]
 
-COLOR_CHANNELS = {"rgb": 3, "gray": 1}
 # A C-NMC cell is 450x450 = 0.2 MP; anything past 50 MP is a broken or hostile file, not a cell. Pillow
 # warns above this and refuses above twice it; the warning is turned into an error below.
 MAX_PIXELS = 50_000_000
 Image.MAX_IMAGE_PIXELS = MAX_PIXELS
 # Partial files must fail loudly instead of being padded with grey.
 ImageFile.LOAD_TRUNCATED_IMAGES = False
-
-
-def channels_for(color: str) -> int:
-    """Channels of a colour mode ("rgb" 3, "gray" 1); unknown names raise ValueError listing the valid ones."""
-    try:
-        return COLOR_CHANNELS[color]
-    except KeyError:
-        raise ValueError(f"unknown color {color!r}; valid: {', '.join(COLOR_CHANNELS)}") from None
 
 
 @contextmanager
@@ -71,58 +63,11 @@ def probe_image(path: str | os.PathLike[str]) -> tuple[tuple[int, int], str]:
 
 
 def read_image(path: str | os.PathLike[str], size: int, color: str) -> np.ndarray:
-    """The image at `path` as uint8 (C, size, size), C=3 for "rgb" and 1 for "gray".
-
-    Grayscale, palette, alpha (composited on black, the segmentation background), 16/32-bit and non-square or
-    other-sized files are converted; unreadable ones raise ImageError.
-    """
-    channels = channels_for(color)
-    if size < 1:
-        raise ValueError(f"size must be positive, got {size}")
+    """The image at `path` as uint8 (C, size, size), fitted to the model's size and colour by
+    `preprocess.fit_image`; unreadable or unconvertible files raise ImageError."""
+    input_channels(size, color)  # a bad size or colour is the caller's ValueError, whatever the file
     with _opened(path) as img:
         try:
-            img = _pad_square(_flatten(_to_8bit(img), channels))
+            return fit_image(img, size, color)
         except (ValueError, OSError) as exc:  # a mode Pillow decodes but cannot convert (e.g. LAB)
             raise ImageError(path, f"cannot convert {img.mode} image: {exc}") from exc
-        # Pillow widens the bilinear kernel when shrinking, so this is antialiased (and matches torchvision's
-        # Resize on PIL images); no reducing_gap, which would trade accuracy for speed.
-        img = img.resize((size, size), Image.Resampling.BILINEAR)
-        array = np.asarray(img, dtype=np.uint8)
-    return np.ascontiguousarray(array.reshape(size, size, channels).transpose(2, 0, 1))
-
-
-def _to_8bit(img: Image.Image) -> Image.Image:
-    """16-bit, 32-bit integer and float images scaled into 0..255 grayscale ("L")."""
-    if img.mode not in ("I", "F") and not img.mode.startswith("I;16"):
-        return img
-    values = np.asarray(img).astype(np.float64)
-    peak = float(values.max(initial=0.0))
-    if img.mode.startswith("I;16"):
-        scale = 255.0 / 65535.0
-    elif img.mode == "F" and peak <= 1.0:
-        scale = 255.0  # floats in 0..1
-    elif peak <= 255.0:
-        scale = 1.0  # 8-bit data stored in a wide mode
-    else:
-        scale = 255.0 / (65535.0 if peak <= 65535.0 else peak)
-    return Image.fromarray(np.clip(values * scale + 0.5, 0, 255).astype(np.uint8), mode="L")
-
-
-def _flatten(img: Image.Image, channels: int) -> Image.Image:
-    """Any mode (palette, alpha, CMYK, 1-bit...) to RGB or L; transparent parts become black."""
-    has_alpha = "A" in img.getbands() or "transparency" in img.info
-    if has_alpha:
-        rgba = img.convert("RGBA")
-        img = Image.alpha_composite(Image.new("RGBA", rgba.size, (0, 0, 0, 255)), rgba)
-    return img.convert("RGB" if channels == 3 else "L")
-
-
-def _pad_square(img: Image.Image) -> Image.Image:
-    """Pad with black to a centred square, so resizing keeps the cell's shape (C-NMC images are square already)."""
-    width, height = img.size
-    if width == height:
-        return img
-    side = max(width, height)
-    square = Image.new(img.mode, (side, side))
-    square.paste(img, ((side - width) // 2, (side - height) // 2))
-    return square

@@ -11,11 +11,12 @@ from torch import nn
 from torch.utils.data import DataLoader
 
 from leukotune.data import CellDataset, collate_batch
+from leukotune.data.preprocess import apply_variants
 from leukotune.models import get_model
 from leukotune.tuner.config import load_study
 from leukotune.tuner.train.loop import evaluate, run_training, train_one_epoch
 from leukotune.tuner.train import pipeline
-from leukotune.tuner.train.pipeline import DeviceSplit, apply_variants, resolve_pipeline
+from leukotune.tuner.train.pipeline import DeviceSplit, resolve_pipeline
 from leukotune.tuner.train.sessions import LocalSession
 
 from conftest import SMOKE

@@ -16,7 +16,7 @@ import numpy as np
 import torch
 from torch.utils.data import DataLoader
 
-from leukotune.data import AUGMENTATIONS, augmentation_factor
+from leukotune.data.preprocess import AUGMENTATIONS, Normalization, apply_variants, augmentation_factor, variant_maps
 
 PIPELINES = ("auto", "device", "loader")
 # `auto` puts a split on a GPU when it takes at most this share of the memory free there at trial start: the rest
@@ -53,28 +53,6 @@ def resolve_pipeline(setting: str, split_bytes: int, device: torch.device, free_
     free = free_memory_bytes(device) if free_bytes is None else free_bytes
     share = DEVICE_MEMORY_SHARE if device.type == "cuda" else HOST_MEMORY_SHARE
     return "device" if split_bytes <= share * free else "loader"
-
-
-def variant_maps(size: int, device: torch.device) -> torch.Tensor:
-    """(8, size*size) source pixel of every output pixel, for variant v: flip W when v >= 4, then rot90 by v % 4.
-
-    The same transforms as data/dataset.py's numpy version, as index maps: applying one is a single gather.
-    """
-    grid = torch.arange(size * size, device=device).view(1, 1, size, size)
-    return torch.stack([torch.rot90(grid.flip(-1) if v >= 4 else grid, v % 4, dims=(2, 3)).reshape(-1)
-                        for v in range(8)])
-
-
-def apply_variants(images: torch.Tensor, variants: torch.Tensor, maps: torch.Tensor | None = None) -> torch.Tensor:
-    """Variant `variants[i]` of each (B, C, H, H) sample, in one batched gather.
-
-    No step asks the host which samples to touch (boolean indexing would synchronise with the GPU), and one gather
-    costs a sixth of rotating the whole batch three times and selecting with torch.where.
-    """
-    batch, channels, size, _ = images.shape
-    maps = variant_maps(size, images.device) if maps is None else maps
-    index = maps[variants].unsqueeze(1).expand(batch, channels, size * size)
-    return images.reshape(batch, channels, size * size).gather(2, index).view(batch, channels, size, size)
 
 
 def _torch_dtype(dtype: np.dtype) -> torch.dtype:
@@ -125,10 +103,8 @@ class DeviceSplit:
         self.seed, self.rank, self.world_size, self.epoch = seed, rank, world_size, 0
         # bf16 straight from uint8 on CUDA (autocast would cast the first conv's input to it anyway); fp32 on CPU.
         self.dtype = dtype or (torch.bfloat16 if device.type == "cuda" else torch.float32)
-        std_t = torch.tensor(std, dtype=torch.float32).view(1, -1, 1, 1)
-        # x_norm = (x / 255 - mean) / std as one multiply-add, with CellDataset's float32 constants.
-        self._scale = (1.0 / (255.0 * std_t)).to(device)
-        self._shift = (-torch.tensor(mean, dtype=torch.float32).view(1, -1, 1, 1) / std_t).to(device)
+        # CellDataset's normalisation, made on the device: the same constants and roundings, so the values agree.
+        self.normalization = Normalization(mean, std, channels=images.shape[1])
         # channels_last feeds cuDNN's NHWC kernels; on CPU it only adds copies. None: on CUDA only.
         channels_last = device.type == "cuda" if channels_last is None else channels_last
         self._memory_format = torch.channels_last if channels_last else torch.contiguous_format
@@ -173,9 +149,7 @@ class DeviceSplit:
         images = self.images.index_select(0, sources)
         if self.augment != "none":
             images = apply_variants(images, variants, self._maps)
-        # Multiply, then add (not a fused addcmul): the same two roundings as CellDataset, so the values agree.
-        pixels = images.to(torch.float32).mul_(self._scale).add_(self._shift)
-        pixels = pixels.to(self.dtype).contiguous(memory_format=self._memory_format)
+        pixels = self.normalization.tensor(images).to(self.dtype).contiguous(memory_format=self._memory_format)
         return pixels, self.labels.index_select(0, sources)
 
 
