@@ -16,6 +16,7 @@ from .registry import UnknownModelError as UnknownModelError
 from .registry import get_model as get_model
 from .registry import get_model_spec as get_model_spec
 from .registry import list_models as list_models
+from .registry import rebuild_network as rebuild_network
 from .registry import register_model as register_model
 from .registry import validate_model_kwargs as validate_model_kwargs
 from .transfer import TransferNet as TransferNet

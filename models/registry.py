@@ -23,6 +23,7 @@ __all__ = [
     "get_model",
     "get_model_spec",
     "list_models",
+    "rebuild_network",
     "register_model",
     "validate_model_kwargs",
 ]
@@ -148,6 +149,20 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     entry = _entry(name)
     _check_keys(entry.spec, kwargs)
     return entry.builder(**kwargs)
+
+
+def rebuild_network(name: str, model_kwargs: Mapping[str, Any], state: Mapping[str, Any]) -> nn.Module:
+    """A trained network from its registry name, its saved builder kwargs and its state dict, in eval mode.
+
+    Built from random initialisation, never from a weights file: the state dict carries every weight, and a model
+    rebuilt years later on another machine must not look for ImageNet files.
+    """
+    kwargs = dict(model_kwargs)
+    if "weights" in kwargs:
+        kwargs["weights"] = None
+    model = get_model(name, **kwargs)
+    model.load_state_dict(state)
+    return model.eval()
 
 
 def validate_model_kwargs(name: str, kwargs: Mapping[str, Any]) -> None:

@@ -20,10 +20,10 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from leukotune.data.images import read_image
+from leukotune.models import rebuild_network
 from leukotune.tuner.config import ConfigError
 from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri
 from leukotune.tuner.tracking.client import check_reachable, redact
-from leukotune.tuner.train.checkpoints import rebuild_network
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MODEL_SCHEMES = ("models:/", "runs:/")

@@ -4,7 +4,8 @@ corrupted copy is detected and never loaded.
 Which file may be partial: `state.pt` (resume only) leaves out a frozen backbone's parameters, because the trial
 that resumes rebuilds the network from the same ImageNet weights first (a digest of the frozen part, saved beside
 it, proves they are the same). `best.pt` is always the whole network: export, test-side scoring, `promote` and
-`predict` rebuild it with no weights file at hand (`rebuild_network`), possibly years later on another machine.
+`predict` rebuild it with no weights file at hand (`models.rebuild_network`), possibly years later on another
+machine.
 """
 from __future__ import annotations
 
@@ -18,7 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from leukotune.models import get_model
+from leukotune.models import rebuild_network
 
 STATE_FILE = "state.pt"
 BEST_FILE = "best.pt"
@@ -170,16 +171,6 @@ def load_history(checkpoint_dir: Path) -> list[dict[str, Any]]:
     return list(read_checkpoint_file(Path(checkpoint_dir), STATE_FILE).get("history", []))
 
 
-def rebuild_model(best: dict[str, Any]):
-    """The exact network of a best-epoch checkpoint."""
+def rebuild_model(best: dict[str, Any]) -> nn.Module:
+    """The exact network of a best-epoch checkpoint (see `models.rebuild_network`)."""
     return rebuild_network(best["model_name"], best["model_kwargs"], best["model"])
-
-
-def rebuild_network(model_name: str, model_kwargs: dict[str, Any], state: dict[str, Any]):
-    """Registry name + saved builder kwargs + a state dict, in eval mode (random init first, never a download)."""
-    kwargs = dict(model_kwargs)
-    if "weights" in kwargs:
-        kwargs["weights"] = None  # the state dict carries every weight; never look for ImageNet files again
-    model = get_model(model_name, **kwargs)
-    model.load_state_dict(state)
-    return model.eval()
