@@ -14,7 +14,7 @@ from leukotune.data import CellDataset, collate_batch
 from leukotune.data.preprocess import apply_variants
 from leukotune.models import get_model
 from leukotune.tuner.config import load_study
-from leukotune.tuner.train.loop import evaluate, run_training, train_one_epoch
+from leukotune.tuner.train.loop import run_training, train_one_epoch, validate
 from leukotune.tuner.train import pipeline
 from leukotune.tuner.train.pipeline import DeviceSplit, resolve_pipeline
 from leukotune.tuner.train.sessions import LocalSession
@@ -110,7 +110,7 @@ def test_resolve_pipeline(setting, split_bytes, free, expected):
     assert resolve_pipeline(setting, split_bytes, CPU, free_bytes=free) == expected
 
 
-def test_evaluate_gives_the_same_metrics_through_both_pipelines(cells):
+def test_validation_gives_the_same_metrics_through_both_pipelines(cells):
     images, labels = cells
     torch.manual_seed(0)
     model = get_model("cnn", conv_layers=2, kernel_size=3, base_filters=8, dense=16, dropout=0.0, image_size=64)
@@ -118,7 +118,7 @@ def test_evaluate_gives_the_same_metrics_through_both_pipelines(cells):
     indices = np.arange(5, 37)
     loader = DataLoader(CellDataset(images, labels, indices, MEAN, STD), batch_size=10, collate_fn=collate_batch)
     split = DeviceSplit(images, labels, indices, MEAN, STD, CPU, batch_size=10)
-    via_loader, via_device = evaluate(model, loader, loss_fn, CPU), evaluate(model, split, loss_fn, CPU)
+    via_loader, via_device = validate(model, loader, loss_fn, CPU), validate(model, split, loss_fn, CPU)
     assert via_loader.keys() == via_device.keys()
     for key in via_loader.keys() - {"val_seconds"}:
         assert via_device[key] == pytest.approx(via_loader[key], rel=1e-6, abs=1e-9), key

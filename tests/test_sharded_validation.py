@@ -12,7 +12,7 @@ import torch.multiprocessing as mp
 from torch import nn
 
 from leukotune.models import get_model
-from leukotune.tuner.train.loop import evaluate
+from leukotune.tuner.train.loop import validate
 from leukotune.tuner.train.pipeline import DeviceSplit
 
 MEAN, STD = [0.5, 0.4, 0.3], [0.2, 0.25, 0.3]
@@ -30,7 +30,7 @@ def score(indices: np.ndarray, gather: bool) -> dict[str, float]:
     torch.manual_seed(0)
     model = get_model("cnn", conv_layers=2, kernel_size=3, base_filters=8, dense=16, dropout=0.0, image_size=64)
     split = DeviceSplit(images, labels, indices, MEAN, STD, CPU, batch_size=8)
-    return evaluate(model, split, nn.CrossEntropyLoss(), CPU, gather=gather)
+    return validate(model, split, nn.CrossEntropyLoss(), CPU, gather=gather)
 
 
 def rank_main(rank: int, world: int, rendezvous: str, out: str) -> None:

@@ -89,7 +89,7 @@ def build_loaders(study: StudyConfig, data, prep: dict[str, Any], session: Sessi
     common = dict(mean=prep["mean"], std=prep["std"])
     train_ds = CellDataset(data.images, data.labels, data.train_idx, augment=train.augment,
                            materialize=train.augment_mode == "materialize", seed=train.seed, **common)
-    # Never augmented; under DDP each rank evaluates its own stride and evaluate(gather=True) joins them.
+    # Never augmented; under DDP each rank scores its own stride and validate(gather=True) joins them.
     val_ds = CellDataset(data.images, data.labels, data.val_idx[session.world_rank::session.world_size], **common)
     pin = session.device().type == "cuda"
     generator = torch.Generator().manual_seed(train.seed)
@@ -187,14 +187,27 @@ def train_one_epoch(model: nn.Module, loader: Batches, optimizer, loss_fn, devic
 
 
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Batches, loss_fn, device: torch.device, *, gather: bool = False
+def validate(model: nn.Module, loader: Batches, loss_fn, device: torch.device, *, gather: bool = False
              ) -> dict[str, float]:
     """val_* metrics of `model` over `loader` (a DataLoader or a DeviceSplit), read back from the device once.
 
-    gather=True (DDP, every rank calling): each rank evaluated its own shard; predictions are joined before scoring.
+    gather=True (DDP, every rank calling): each rank scored its own shard; predictions are joined before scoring.
     """
-    model.eval()
     start = time.perf_counter()
+    y_true, prob_all, loss_sum = validation_outputs(model, loader, loss_fn, device)
+    if _distributed(gather):
+        y_true, prob_all, loss_sum = _gather_predictions(y_true, prob_all, loss_sum)
+    metrics = {f"val_{k}": v for k, v in classification_metrics(y_true, prob_all).items()}
+    metrics["val_loss"] = loss_sum / max(len(y_true), 1)
+    metrics["val_seconds"] = time.perf_counter() - start
+    return metrics
+
+
+@torch.no_grad()
+def validation_outputs(model: nn.Module, loader: Batches, loss_fn, device: torch.device
+                       ) -> tuple[np.ndarray, np.ndarray, float]:
+    """What `validate` scores: the label and P(ALL) of every sample of `loader` in order, and the summed loss."""
+    model.eval()
     probs, labels_all = [], []
     total_loss = torch.zeros((), dtype=torch.float64, device=device)
     for images, labels in on_device(loader, device):
@@ -205,13 +218,7 @@ def evaluate(model: nn.Module, loader: Batches, loss_fn, device: torch.device, *
         labels_all.append(labels)
     y_true = torch.cat(labels_all).cpu().numpy() if labels_all else np.zeros(0, dtype=np.int64)
     prob_all = torch.cat(probs).cpu().numpy() if probs else np.zeros(0, dtype=np.float32)
-    loss_sum = total_loss.item()
-    if _distributed(gather):
-        y_true, prob_all, loss_sum = _gather_predictions(y_true, prob_all, loss_sum)
-    metrics = {f"val_{k}": v for k, v in classification_metrics(y_true, prob_all).items()}
-    metrics["val_loss"] = loss_sum / max(len(y_true), 1)
-    metrics["val_seconds"] = time.perf_counter() - start
-    return metrics
+    return y_true, prob_all, total_loss.item()
 
 
 def _gather_predictions(y_true: np.ndarray, probs: np.ndarray, loss_sum: float) -> tuple[np.ndarray, np.ndarray, float]:
@@ -343,10 +350,10 @@ def _train(study: StudyConfig, session: Session, log) -> dict[str, Any]:
         for epoch in range(loop.epoch + 1, train.epochs + 1):
             set_epoch(train_loader, epoch)
             # Validation runs on the unwrapped model: DDP's forward would sync buffers across ranks whose shards
-            # differ in length; each rank scores its shard and evaluate(gather=True) joins them.
+            # differ in length; each rank scores its shard and validate(gather=True) joins them.
             epoch_metrics = {"epoch": epoch,
                              **train_one_epoch(model, train_loader, optimizer, loss_fn, device, gather=distributed),
-                             **evaluate(unwrap(model), val_loader, loss_fn, device, gather=distributed)}
+                             **validate(unwrap(model), val_loader, loss_fn, device, gather=distributed)}
             improved = is_better(epoch_metrics.get(metric), loop.best_value, mode)
             if improved:
                 loop.best_value, loop.best_epoch = epoch_metrics[metric], epoch
