@@ -15,6 +15,11 @@ __all__ = ["TransferNet", "build_mobilenet_v2", "build_resnet50"]
 
 WeightsArg = str | os.PathLike[str] | None
 
+# Every BatchNorm torch has (all of torch's private `_BatchNorm`), so a SyncBatchNorm conversion for DDP is covered
+# too; tests/test_compat.py fails when a torch release adds one that is not listed here.
+BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
+               nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
+
 
 @dataclass(frozen=True)
 class _Arch:
@@ -57,8 +62,7 @@ class TransferNet(nn.Module):
         """Set train/eval mode, except frozen BatchNorm layers, which always stay in eval mode."""
         super().train(mode)
         for module in self.backbone.modules():
-            # _BatchNorm rather than BatchNorm2d so a SyncBatchNorm conversion for DDP is covered too.
-            if isinstance(module, nn.modules.batchnorm._BatchNorm) and not any(
+            if isinstance(module, BATCH_NORMS) and not any(
                 p.requires_grad for p in module.parameters()
             ):
                 module.eval()

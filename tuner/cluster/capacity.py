@@ -24,6 +24,8 @@ from typing import Any
 import ray
 import yaml
 
+from leukotune.tuner.compat import autoscaling_config_from_ray_cr, kuberay_autoscaling_config, reported_cluster_config
+
 AUTOSCALING_CONFIG_ENV = "LEUKOTUNE_AUTOSCALING_CONFIG"
 # Providers whose nodes are processes on this very machine (Ray's fake multi-node provider): they share its disk.
 SAME_HOST_PROVIDERS = ("fake_multinode",)
@@ -126,9 +128,7 @@ def shape_from_autoscaling_config(config: dict[str, Any], source: str) -> Cluste
 def shape_from_kuberay_cr(ray_cluster: dict[str, Any], source: str) -> ClusterShape:
     """Node types of a RayCluster resource, derived by Ray's own KubeRay autoscaler code (its worker groups'
     `maxReplicas` and container limits), so leukotune reads the cluster exactly as its autoscaler does."""
-    from ray.autoscaler._private.kuberay.autoscaling_config import _derive_autoscaling_config_from_ray_cr
-
-    return shape_from_autoscaling_config(_derive_autoscaling_config_from_ray_cr(ray_cluster), source)
+    return shape_from_autoscaling_config(autoscaling_config_from_ray_cr(ray_cluster), source)
 
 
 def _autoscaling_config_path(gcs_address: str) -> Path | None:
@@ -171,9 +171,7 @@ def _read_config_file(path: Path) -> dict[str, Any]:
 # ---------------------------------------------------------------- from the GCS, Kubernetes, the live nodes
 
 def _shape_from_gcs() -> ClusterShape | None:
-    from ray._private.state import state  # noqa: PLC0415 - Ray's own accessor for the reported cluster config
-
-    config = state.get_cluster_config()
+    config = reported_cluster_config()
     if config is None or not config.node_group_configs:
         return None
     types = []
@@ -192,10 +190,8 @@ def _shape_from_kubernetes() -> ClusterShape | None:
     name = os.environ.get("RAY_CLUSTER_NAME")
     if not name or not KUBERNETES_NAMESPACE_FILE.is_file():
         return None
-    from ray.autoscaler._private.kuberay.autoscaling_config import AutoscalingConfigProducer
-
     namespace = KUBERNETES_NAMESPACE_FILE.read_text().strip()
-    config = AutoscalingConfigProducer(name, namespace)()
+    config = kuberay_autoscaling_config(name, namespace)
     return shape_from_autoscaling_config(config, f"RayCluster {namespace}/{name}")
 
 

@@ -28,6 +28,7 @@ from ray.job_submission import JobSubmissionClient
 
 from leukotune.tuner.cluster.ray_cluster import ClusterError, gcs_endpoint, probe
 from leukotune.tuner.cluster.shipped_code import VERSION_ENV, ShippedCode, ship
+from leukotune.tuner.compat import RAY_UPLOAD_LOGGERS, ray_auth_token
 from leukotune.tuner.config import StudyConfig
 from leukotune.tuner.tracking.client import redact
 
@@ -70,11 +71,7 @@ def auth_headers() -> dict[str, str]:
     if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
         return {}
     try:
-        from ray._raylet import AuthenticationTokenLoader
-
-        loader = AuthenticationTokenLoader.instance()
-        loader.reset_cache()  # the loader caches per process; read what the environment says now
-        token = loader.get_raw_token(ignore_auth_mode=True)
+        token = ray_auth_token()
     except Exception as exc:  # noqa: BLE001 - an unreadable token file is a user error, reported without the token
         raise ClusterError(f"the Ray authentication token could not be read ({type(exc).__name__}); check "
                            f"RAY_AUTH_TOKEN / RAY_AUTH_TOKEN_PATH / ~/.ray/auth_token") from None
@@ -199,7 +196,7 @@ def submit(client: JobSubmissionClient, entrypoint: str, working_dir: Path, env:
     """Upload the working_dir (minus the excludes) and the staged code, if any, and start the entrypoint on the head;
     returns the job id. Ray uploads both before `submit_job` returns: the staging folder may go afterwards."""
     # Ray logs each default-excluded folder and ignore file it meets; the summary printed before is enough.
-    for name in ("ray._private.runtime_env.working_dir", "ray._private.runtime_env.packaging"):
+    for name in RAY_UPLOAD_LOGGERS:
         logging.getLogger(name).setLevel(logging.ERROR)
     runtime_env: dict[str, Any] = {"working_dir": str(working_dir.expanduser().resolve()),
                                    "excludes": list(WORKING_DIR_EXCLUDES)}

@@ -14,11 +14,8 @@ from pathlib import Path
 
 import grpc
 import ray
-from ray._common.utils import get_ray_address_file
-from ray._private import services
-from ray._private.gcs_utils import create_gcs_channel
-from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
-from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
+
+from leukotune.tuner.compat import ask_gcs_cluster_id, canonical_gcs_address, ray_address_file
 
 PROBE_TIMEOUT_S = 3.0
 PRIVATE, RECORDED = "private", "ray start"
@@ -45,7 +42,7 @@ class ClusterChoice:
 
 def recorded_address() -> tuple[str | None, Path]:
     """The GCS address the newest `ray start` on this machine recorded (Ray's own lookup), and the record's path."""
-    record = Path(get_ray_address_file(None))
+    record = ray_address_file()
     try:
         text = record.read_text().strip()
     except OSError:
@@ -57,7 +54,7 @@ def gcs_endpoint(address: str) -> str:
     """`host:port` as Ray will dial it (`localhost` becomes the node's IP); ClusterError when it is not one."""
     bare = address.removeprefix("ray://")
     try:
-        endpoint = services.canonicalize_bootstrap_address(bare)
+        endpoint = canonical_gcs_address(bare)
     except ValueError:
         endpoint = None
     if not endpoint:
@@ -78,14 +75,11 @@ def probe(endpoint: str, timeout_s: float = PROBE_TIMEOUT_S, ask_gcs: bool = Tru
         return None
     # An open port is not yet a GCS (a stale record may point at a port another program took since, and some
     # networks accept every connection), so ask the GCS a question; a token refusal is an answer too.
-    channel = create_gcs_channel(endpoint)
     try:
-        NodeInfoGcsServiceStub(channel).GetClusterId(GetClusterIdRequest(), timeout=timeout_s)
+        ask_gcs_cluster_id(endpoint, timeout_s)
     except grpc.RpcError as exc:
         if exc.code() != grpc.StatusCode.UNAUTHENTICATED:
             return f"nothing there answers as a Ray GCS within {timeout_s:g} s ({exc.code().name})"
-    finally:
-        channel.close()
     return None
 
 

@@ -7,8 +7,8 @@ import os
 from collections.abc import Iterator
 
 import mlflow
-from mlflow.tracking._model_registry import utils as _registry_utils
-from mlflow.tracking._tracking_service import utils as _tracking_utils
+
+from leukotune.tuner.compat import mlflow_process_uris, restore_mlflow_process_uris
 
 MODELS_SCHEME = "models:/"
 
@@ -35,13 +35,13 @@ def process_tracking_uri(uri: str) -> Iterator[None]:
     # MLFLOW_REGISTRY_URI into os.environ, and a registry URI pinned after the block would send later calls (and
     # every subprocess started later) to this store.
     saved_env = {key: os.environ.get(key) for key in _URI_ENV}
-    saved = _tracking_utils._tracking_uri, _registry_utils._registry_uri
+    saved = mlflow_process_uris()
     mlflow.set_tracking_uri(uri)
     mlflow.set_registry_uri(uri)
     try:
         yield
     finally:
-        _tracking_utils._tracking_uri, _registry_utils._registry_uri = saved
+        restore_mlflow_process_uris(saved)
         for key, value in saved_env.items():
             if value is None:
                 os.environ.pop(key, None)

@@ -11,6 +11,7 @@ from matplotlib.figure import Figure
 from optuna.visualization import matplotlib as ovm
 from ray.tune.search.optuna import OptunaSearch
 
+from leukotune.tuner.compat import optuna_study_of
 from leukotune.tuner.evaluation import metric_on_test
 from leukotune.tuner.metrics import ranking_key
 from leukotune.tuner.preflight import DataSummary
@@ -154,7 +155,7 @@ def load_optuna_study(experiment_dir):
     """The Optuna study as Tune last checkpointed it with the searcher (written at the end of every study)."""
     searcher = OptunaSearch()
     searcher.restore_from_dir(str(experiment_dir))
-    return searcher._ot_study  # OptunaSearch keeps the study private; this is its only handle
+    return optuna_study_of(searcher)
 
 
 def close_parent(tracker: Tracker, run_id: str, complete: bool) -> None:

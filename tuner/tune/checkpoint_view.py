@@ -13,24 +13,25 @@ from __future__ import annotations
 import pyarrow.fs
 from ray import tune
 
+from leukotune.tuner import compat
+
 
 class ForgetMissingCheckpoints(tune.Callback):
     """Drop checkpoints that no longer exist from a trial's checkpoint list when the trial (re)starts."""
 
     def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        if forget_missing_checkpoints(trial.run_metadata.checkpoint_manager):
-            trial.run_metadata.invalidate_cache()  # the trial's saved state is rewritten with the corrected list
+        if forget_missing_checkpoints(compat.trial_checkpoint_manager(trial)):
+            compat.mark_trial_state_changed(trial)  # the trial's saved state is rewritten with the corrected list
 
 
 def forget_missing_checkpoints(manager) -> int:
     """Remove vanished checkpoints from a Tune trial's `_CheckpointManager`; returns how many were removed."""
-    # `_checkpoint_results` is the manager's own list (Ray 2.60 keeps it private); the latest checkpoint is left
-    # alone: it is the one the trial restores from, and Tune reports it itself when it is gone.
-    kept = [result for result in manager._checkpoint_results
-            if result is manager._latest_checkpoint_result or _exists(result.checkpoint)]
-    removed = len(manager._checkpoint_results) - len(kept)
-    manager._checkpoint_results = kept
-    return removed
+    # The latest checkpoint is left alone: it is the one the trial restores from, and Tune reports it itself when
+    # it is gone.
+    listed, latest = compat.checkpoint_results(manager), compat.latest_checkpoint_result(manager)
+    kept = [result for result in listed if result is latest or _exists(result.checkpoint)]
+    compat.replace_checkpoint_results(manager, kept)
+    return len(listed) - len(kept)
 
 
 def _exists(checkpoint) -> bool:
