@@ -23,7 +23,7 @@ import ray
 from mlflow.tracking import MlflowClient
 
 from leukotune.tuner.config import load_study
-from leukotune.tuner.evaluation import patient_bootstrap
+from leukotune.tuner.evaluation.intervals import patient_bootstrap
 from leukotune.tuner.tune import plan_study, run_study
 
 STUDY = Path(__file__).resolve().parents[1] / "studies" / "smoke.yaml"

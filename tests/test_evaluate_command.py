@@ -11,12 +11,13 @@ from test_promote_predict import _log_trial
 
 from leukotune.tuner.cli.main import main
 from leukotune.tuner.config import load_study
-from leukotune.tuner.evaluation import CI_METRICS, metric_on_test
+from leukotune.tuner.evaluation.intervals import CI_METRICS
+from leukotune.tuner.evaluation.test_side import score_checkpoints
+from leukotune.tuner.metrics import metric_on_test
 from leukotune.tuner.tracking.client import TAG_KIND, TAG_MODEL_URI, Tracker
 from leukotune.tuner.train.checkpoints import BEST_FILE, read_checkpoint_file
 from leukotune.tuner.train.data_source import prepare_study_data
 from leukotune.tuner.train.loop import run_training
-from leukotune.tuner.train.scoring import score_checkpoints
 from leukotune.tuner.train.sessions import LocalSession
 from leukotune.tuner.tune.holdout import add_test_scores, selection_gap
 

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 from mlflow.tracking import MlflowClient
 
-from leukotune.tuner.evaluation import CI_METRICS
+from leukotune.tuner.evaluation.intervals import CI_METRICS
 
 from conftest import REPO_ROOT, SMOKE, require_cnmc_sample
 

@@ -276,7 +276,7 @@ def test_registered_normalization_is_torchvisions_for_the_weights(name: str) -> 
 def test_a_cnn_trial_process_never_imports_torchvision_or_the_drivers_libraries() -> None:
     """Every Tune trial process imports the trainable: torchvision (about a second: it loads torch._dynamo) and the
     driver's MLflow, matplotlib and Optuna would be paid again by each one."""
-    probe = ("import sys, leukotune.tuner.tune.trainable, leukotune.tuner.train.scoring; "
+    probe = ("import sys, leukotune.tuner.tune.trainable, leukotune.tuner.evaluation.test_side; "
              "print(sorted(m for m in ('torchvision', 'mlflow', 'matplotlib', 'optuna') if m in sys.modules))")
     loaded = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, check=True).stdout
     assert loaded.strip() == "[]"

@@ -5,11 +5,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from leukotune.tuner.evaluation import (
+from leukotune.tuner.evaluation.intervals import (
     CI_METRICS,
     _block_metrics,
     _scores_by_subject,
-    evaluate_predictions,
+    metrics_with_intervals,
     patient_bootstrap,
 )
 from leukotune.tuner.metrics import classification_metrics
@@ -29,7 +29,7 @@ def _cohort(n_subjects: int = 20, cells: int = 100, seed: int = 0, subject_sd: f
 def test_every_interval_contains_its_point_estimate() -> None:
     for seed in range(5):
         y, prob, subjects = _cohort(seed=seed, n_subjects=8 + seed, cells=30)
-        metrics = evaluate_predictions(y, prob, subjects, seed=seed)
+        metrics = metrics_with_intervals(y, prob, subjects, seed=seed)
         for name in CI_METRICS:
             low, point, high = (metrics[f"test_{name}_ci95_low"], metrics[f"test_{name}"],
                                 metrics[f"test_{name}_ci95_high"])
@@ -77,7 +77,7 @@ def test_seeded_and_sensitive_to_the_seed() -> None:
 
 def test_reports_the_same_metrics_as_validation_plus_counts() -> None:
     y, prob, subjects = _cohort(n_subjects=6, cells=10)
-    metrics = evaluate_predictions(y, prob, subjects, prefix="test_")
+    metrics = metrics_with_intervals(y, prob, subjects, prefix="test_")
     for name in classification_metrics(y, prob):
         assert f"test_{name}" in metrics
     assert metrics["test_cells"] == 60 and metrics["test_subjects"] == 6

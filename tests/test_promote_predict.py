@@ -10,8 +10,10 @@ import pytest
 import torch
 from mlflow.tracking import MlflowClient
 
+from leukotune.data import read_image
 from leukotune.models import get_model
 from leukotune.tuner.cli.main import main
+from leukotune.tuner.evaluation.inference import probabilities
 from leukotune.tuner.registry import predict as predict_mod
 from leukotune.tuner.registry.promote import Candidate, rank, threshold_problem
 from leukotune.tuner.tracking.artifacts import log_pytorch_model
@@ -196,12 +198,12 @@ def test_tta_is_the_mean_over_the_four_rotations(registry, champion, synthetic_d
     files = [(p, None) for p in sorted((synthetic_dataset / "training_data").rglob("*.bmp"))[:4]]
     plain = predict_mod.predict_files(model, files, tta=False)
     tta = predict_mod.predict_files(model, files, tta=True, batch_size=3)  # batches must not change results
-    batch = torch.stack([predict_mod.read_input(p, model.preprocessing) for p, _ in files])
-    expected = np.mean([predict_mod.probability_of_all(model, torch.rot90(batch, k, dims=(-2, -1)), False)
-                        for k in range(4)], axis=0)
+    prep = model.preprocessing
+    images = np.stack([read_image(p, prep["image_size"], prep["color"]) for p, _ in files])
+    rotated = [np.ascontiguousarray(np.rot90(images, k, axes=(-2, -1))) for k in range(4)]
+    expected = np.mean([probabilities(model, view) for view in rotated], axis=0)
     assert [r.p_all for r in tta] == pytest.approx(expected.tolist(), abs=1e-5)
-    assert [r.p_all for r in plain] == pytest.approx(predict_mod.probability_of_all(model, batch, False).tolist(),
-                                                     abs=1e-5)
+    assert [r.p_all for r in plain] == pytest.approx(probabilities(model, images).tolist(), abs=1e-5)
     assert [r.p_all for r in plain] != pytest.approx([r.p_all for r in tta], abs=1e-9)
 
 

@@ -1,5 +1,5 @@
 """Classification metrics for the two-class problem (hem=0, ALL=1), computed from labels and P(ALL); the names
-the training loop reports; and which of two values of a metric is better.
+the training loop reports and their test counterparts; and which of two values of a metric is better.
 
 Plain numpy so the numbers can be checked by hand against a confusion matrix.
 """
@@ -86,6 +86,13 @@ def reported_metric_names() -> tuple[str, ...]:
     every study it validates, and preflight validates one per offline draw of the space)."""
     example = classification_metrics(np.array([0, 1]), np.array([0.2, 0.8]))
     return tuple(sorted({*LOOP_METRICS, *(f"val_{name}" for name in example)}))
+
+
+def metric_on_test(metric: str) -> str:
+    """The test counterpart of a validation metric (`val_f1_weighted` -> `test_f1_weighted`, `best_val_x` ->
+    `test_x`); a training metric has none, so it is returned unchanged and will not be found."""
+    name = metric.removeprefix("best_")
+    return "test_" + name[len("val_"):] if name.startswith("val_") else name
 
 
 def is_better(value: Any, best: Any, mode: str) -> bool:

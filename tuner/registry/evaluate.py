@@ -9,14 +9,15 @@ from typing import Any
 import numpy as np
 
 from leukotune.data import load_manifest
-from leukotune.tuner.evaluation import CI_METRICS, evaluate_predictions
-from leukotune.tuner.registry.predict import LoadedModel, predict_files
+from leukotune.tuner.evaluation.inference import TrainedModel
+from leukotune.tuner.evaluation.intervals import CI_METRICS, metrics_with_intervals
+from leukotune.tuner.registry.predict import predict_files
 
 # The lines a terminal reader gets, in order; --json has every metric.
 SHOWN = (*CI_METRICS, "accuracy", "f1_macro", "precision_all", "precision_hem", "loss")
 
 
-def evaluate_folder(model: LoadedModel, root: str | Path, batch_size: int = 32, seed: int = 0) -> dict[str, Any]:
+def evaluate_folder(model: TrainedModel, root: str | Path, batch_size: int = 32, seed: int = 0) -> dict[str, Any]:
     """Classify every labelled cell under `root`; files the layout or the decoder cannot use are listed with their
     reason and left out; metrics and 95% intervals (bootstrap over subjects) on the rest."""
     manifest = load_manifest(root)
@@ -29,7 +30,7 @@ def evaluate_folder(model: LoadedModel, root: str | Path, batch_size: int = 32, 
         labels = np.array([record.label for record, _ in kept])
         probs = np.array([row.p_all for _, row in kept])
         subjects = np.array([record.subject for record, _ in kept])
-        result["metrics"] = evaluate_predictions(labels, probs, subjects, prefix="", seed=seed)
+        result["metrics"] = metrics_with_intervals(labels, probs, subjects, prefix="", seed=seed)
         result["subjects"] = result["metrics"]["subjects"]
     return result
 

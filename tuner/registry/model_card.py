@@ -11,7 +11,7 @@ import math
 import tempfile
 from typing import TYPE_CHECKING, Any
 
-from leukotune.tuner.evaluation import CI_METRICS
+from leukotune.tuner.evaluation.intervals import CI_METRICS
 from leukotune.tuner.tracking.client import PARENT_TAG, TAG_FINGERPRINT, TAG_STUDY, TAG_TRIAL
 
 if TYPE_CHECKING:

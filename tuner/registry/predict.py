@@ -1,4 +1,5 @@
-"""`leukotune predict`: classify cell images with a registered model, preprocessed exactly as it was trained.
+"""`leukotune predict`: classify cell images with a registered model, preprocessed exactly as it was trained
+(through the one inference path, `tuner/evaluation/inference.py`).
 
 The model comes only from the tracking server (`models:/NAME@alias`, `models:/NAME/N`, a LoggedModel's
 `models:/<model_id>`, or an older study's `runs:/<id>/model`) and is never unpickled: the network is rebuilt from the registry name and builder kwargs in the MLmodel's `metadata.leukotune` block, and the
@@ -22,27 +23,12 @@ from torch import nn
 from leukotune.data.images import read_image
 from leukotune.models import rebuild_network
 from leukotune.tuner.config import ConfigError
+from leukotune.tuner.evaluation.inference import REQUIRED_PREPROCESSING, TrainedModel, probabilities
 from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri
 from leukotune.tuner.tracking.client import check_reachable, redact
 
 IMAGE_SUFFIXES = (".bmp", ".png", ".jpg", ".jpeg", ".tif", ".tiff")
 MODEL_SCHEMES = ("models:/", "runs:/")
-REQUIRED_PREPROCESSING = ("image_size", "color", "mean", "std")
-
-
-@dataclass(frozen=True)
-class LoadedModel:
-    """A rebuilt network and the facts needed to feed it."""
-
-    network: nn.Module
-    preprocessing: dict[str, Any]
-    class_names: list[str]
-    model_name: str
-    best_epoch: int | None
-
-    @property
-    def all_index(self) -> int:
-        return self.class_names.index("all")
 
 
 @dataclass(frozen=True)
@@ -112,7 +98,7 @@ def build_network(meta: dict[str, Any], model_dir: Path) -> nn.Module:
     return rebuild_network(meta["model_name"], meta["model_kwargs"], state)
 
 
-def load_model(model_uri: str, tracking_uri: str) -> LoadedModel:
+def load_model(model_uri: str, tracking_uri: str) -> TrainedModel:
     """Fetch the model's files from the tracking server and rebuild it; the download is deleted afterwards."""
     check_model_uri(model_uri)
     check_reachable(tracking_uri)
@@ -123,7 +109,7 @@ def load_model(model_uri: str, tracking_uri: str) -> LoadedModel:
     class_names = list(meta.get("class_names") or ["hem", "all"])
     if sorted(class_names) != ["all", "hem"]:
         raise ConfigError(f"the model's classes are {class_names}; expected hem and all")
-    return LoadedModel(network, dict(meta["preprocessing"]), class_names, meta["model_name"], meta.get("best_epoch"))
+    return TrainedModel(network, dict(meta["preprocessing"]), class_names, meta["model_name"], meta.get("best_epoch"))
 
 
 def describe_version(model_uri: str, tracking_uri: str) -> str | None:
@@ -175,52 +161,33 @@ def list_images(paths: Iterable[str | Path]) -> list[tuple[Path, str | None]]:
     return found
 
 
-def normalise(image: np.ndarray, mean: list[float], std: list[float]) -> torch.Tensor:
-    """uint8 (C,H,W) -> float32 `(x/255 - mean)/std` per channel, as the training loader did."""
-    x = torch.from_numpy(np.array(image, dtype=np.float32)).div_(255.0)  # a copy: decoded buffers are read-only
-    mean_t = torch.tensor(mean, dtype=torch.float32).view(-1, 1, 1)
-    std_t = torch.tensor(std, dtype=torch.float32).view(-1, 1, 1)
-    return (x - mean_t) / std_t
-
-
-def read_input(path: Path, preprocessing: dict[str, Any]) -> torch.Tensor:
-    image = read_image(path, int(preprocessing["image_size"]), preprocessing["color"])
-    return normalise(image, preprocessing["mean"], preprocessing["std"])
-
-
-@torch.inference_mode()
-def probability_of_all(model: LoadedModel, batch: torch.Tensor, tta: bool) -> np.ndarray:
-    """P(ALL) per image; with `tta` the mean over the four rot90 views (cells have no preferred orientation)."""
-    views = [torch.rot90(batch, k, dims=(-2, -1)) for k in range(4)] if tta else [batch]
-    probs = torch.stack([torch.softmax(model.network(v), dim=1) for v in views]).mean(dim=0)
-    return probs[:, model.all_index].numpy()
-
-
 def _batches(items: list, size: int) -> Iterator[list]:
     for start in range(0, len(items), size):
         yield items[start:start + size]
 
 
-def predict_files(model: LoadedModel, files: list[tuple[Path, str | None]], tta: bool = False,
+def predict_files(model: TrainedModel, files: list[tuple[Path, str | None]], tta: bool = False,
                   batch_size: int = 32) -> list[Prediction]:
     """One Prediction per file in input order; a file that cannot be read gets its error, the others go on.
 
     Files are read one batch at a time, so a folder of any size needs only one batch in memory.
     """
     rows: list[Prediction] = []
+    prep = model.preprocessing
     for chunk in _batches(files, max(1, batch_size)):
         results: dict[int, Prediction] = {}
-        readable: list[tuple[int, torch.Tensor]] = []
+        readable: list[tuple[int, np.ndarray]] = []
         for i, (path, error) in enumerate(chunk):
             if error:
                 results[i] = Prediction(str(path), error=error)
                 continue
             try:
-                readable.append((i, read_input(path, model.preprocessing)))
+                readable.append((i, read_image(path, int(prep["image_size"]), prep["color"])))
             except Exception as exc:  # noqa: BLE001 - per-file boundary: report it, classify the rest
                 results[i] = Prediction(str(path), error=_one_line(exc))
         if readable:
-            p_all = probability_of_all(model, torch.stack([t for _, t in readable]), tta)
+            images = np.stack([image for _, image in readable])
+            p_all = probabilities(model, images, tta=tta, batch_size=len(readable))
             for (i, _), p in zip(readable, p_all):
                 results[i] = Prediction(str(chunk[i][0]), "all" if p >= 0.5 else "hem", float(p))
         rows += [results[i] for i in range(len(chunk))]

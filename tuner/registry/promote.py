@@ -16,8 +16,7 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from leukotune.tuner.config import ConfigError
-from leukotune.tuner.evaluation import metric_on_test
-from leukotune.tuner.metrics import ranking_key
+from leukotune.tuner.metrics import metric_on_test, ranking_key
 from leukotune.tuner.registry.model_card import (
     MODEL_CARD_FILE,
     held_out_tags,

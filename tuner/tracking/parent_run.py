@@ -12,8 +12,7 @@ from optuna.visualization import matplotlib as ovm
 from ray.tune.search.optuna import OptunaSearch
 
 from leukotune.tuner.compat import optuna_study_of
-from leukotune.tuner.evaluation import metric_on_test
-from leukotune.tuner.metrics import ranking_key
+from leukotune.tuner.metrics import metric_on_test, ranking_key
 from leukotune.tuner.preflight import DataSummary
 from leukotune.tuner.tracking.client import TAG_FINGERPRINT, TAG_KIND, TAG_STUDY, Tracker, code_version, with_retries
 from leukotune.tuner.tracking.datasets import log_dataset_inputs, study_dataset_inputs

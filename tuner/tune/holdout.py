@@ -13,19 +13,18 @@ from typing import Any, Callable
 import ray
 
 from leukotune.tuner.cluster.trial_resources import TrialResources
-from leukotune.tuner.evaluation import metric_on_test
-from leukotune.tuner.metrics import ranking_key
+from leukotune.tuner.evaluation.test_side import score_checkpoints
+from leukotune.tuner.metrics import metric_on_test, ranking_key
 from leukotune.tuner.tracking.client import Tracker
 from leukotune.tuner.tracking.trial_runs import checkpoint_dir_of, top_trials
 from leukotune.tuner.train.checkpoints import load_best
-from leukotune.tuner.train.scoring import score_checkpoints
 
 TAG_TEST_WINNER = "leukotune.test_winner_trial"
 TAG_TEST_RANK = "leukotune.test_rank"
 SELECTION_GAP = "selection_gap"
 
 
-# By reference to tuner/train/scoring.py: the task's process imports that lean module, not this driver one.
+# By reference to tuner/evaluation/test_side.py: the task's process imports that lean module, not this driver one.
 _score_remote = ray.remote(score_checkpoints)
 
 
@@ -45,8 +44,8 @@ def _readable_checkpoints(trials: list, log: Callable[[str], None]) -> list[tupl
     return found
 
 
-def evaluate_top_trials(plan, trials: list, run_ids: dict[str, str], tracker: Tracker, parent_run_id: str,
-                        resources: TrialResources, log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
+def score_top_trials(plan, trials: list, run_ids: dict[str, str], tracker: Tracker, parent_run_id: str,
+                     resources: TrialResources, log: Callable[[str], None] = print) -> dict[str, dict[str, float]]:
     """Score the study's top `tune.test_top_k` trials on the test side, log `test_*` to their runs and the
     winner's (the best by validation) to the parent with the selection gap; returns metrics by trial id."""
     study = plan.study

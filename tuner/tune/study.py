@@ -43,7 +43,7 @@ from leukotune.tuner.tune.console import (
     quiet_ray_console,
     release_console,
 )
-from leukotune.tuner.tune.holdout import add_test_scores, evaluate_top_trials
+from leukotune.tuner.tune.holdout import add_test_scores, score_top_trials
 from leukotune.tuner.tune.packing import check_packing, probe_gpu_memory
 from leukotune.tuner.tune.plan import StudyPlan, save_plan, save_result
 from leukotune.tuner.tune.retention import prune_checkpoints, prune_finished_trial, trials_to_keep
@@ -182,8 +182,8 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
             # yet). They export on the driver's background thread while the test side is scored on the cluster.
             recorder.log_top_models()
             # The test side is read once, by the top trials of a finished search only.
-            test_scores = evaluate_top_trials(plan, recorder.trials, recorder.run_ids, tracker, parent_run_id,
-                                              resources, log)
+            test_scores = score_top_trials(plan, recorder.trials, recorder.run_ids, tracker, parent_run_id,
+                                           resources, log)
     finally:
         release_request()
         release_console(plan.study_id)  # the live line goes before the closing lines

@@ -1,26 +1,23 @@
-"""Scoring a trial's best checkpoint on its study's test side: what the Ray task of `tuner/tune/holdout.py` and
-`leukotune evaluate` run. Kept apart from the driver's modules (MLflow, plots) so the task's process imports
-only torch, the data and the models."""
+"""Scoring a trial's best checkpoint on its study's test side: what the Ray task of `tuner/tune/holdout.py` runs.
+Kept apart from the driver's modules (MLflow, plots) so the task's process imports only torch, the data and the
+models."""
 from __future__ import annotations
 
 from typing import Any
 
-import numpy as np
 import ray
 import torch
-from torch.utils.data import DataLoader
 
-from leukotune.data import CellDataset, collate_batch
 from leukotune.tuner.config import build_study
-from leukotune.tuner.evaluation import evaluate_predictions
-from leukotune.tuner.train.checkpoints import rebuild_model
+from leukotune.tuner.evaluation.inference import TrainedModel, probabilities
+from leukotune.tuner.evaluation.intervals import metrics_with_intervals
 from leukotune.tuner.train.data_source import prepare_study_data
-from leukotune.tuner.train.loop import autocast_for
 from leukotune.tuner.train.ray_sessions import assigned_device
 from leukotune.tuner.train.ray_train import quiet_worker_process
 
+BATCH_SIZE = 128
 
-@torch.inference_mode()
+
 def score_test_side(best: dict[str, Any], seed: int = 0) -> dict[str, float]:
     """Rebuild a trial's best model and score the test side of its study's data, preprocessed as it was trained
     (its own image size, colour, mean and std); metrics and patient-bootstrap intervals, prefixed `test_`."""
@@ -28,18 +25,10 @@ def score_test_side(best: dict[str, Any], seed: int = 0) -> dict[str, float]:
     data = prepare_study_data(study)
     if len(data.test_idx) == 0:
         raise ValueError("the study's data has no test side (data.test_fraction is 0 and no prelim test folder)")
-    prep = best["preprocessing"]
-    device = _scoring_device()
-    model = rebuild_model(best).to(device)
-    loader = DataLoader(CellDataset(data.images, data.labels, data.test_idx, mean=prep["mean"], std=prep["std"]),
-                        batch_size=128, shuffle=False, collate_fn=collate_batch)
-    probs = []
-    for images, _ in loader:
-        with autocast_for(device):
-            logits = model(images.to(device)).float()
-        probs.append(torch.softmax(logits, dim=1)[:, 1].cpu().numpy())
-    return evaluate_predictions(data.labels[data.test_idx], np.concatenate(probs), data.subjects[data.test_idx],
-                                prefix="test_", seed=seed)
+    model = TrainedModel.from_checkpoint(best).to(_scoring_device())
+    prob_all = probabilities(model, data.images, data.test_idx, batch_size=BATCH_SIZE)
+    return metrics_with_intervals(data.labels[data.test_idx], prob_all, data.subjects[data.test_idx],
+                                  prefix="test_", seed=seed)
 
 
 def _scoring_device() -> torch.device:

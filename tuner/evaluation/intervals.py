@@ -5,7 +5,7 @@ would give intervals far too narrow. The bootstrap here resamples whole subjects
 side is chosen per class, so every resample keeps both), and is vectorised: each resample is a vector of subject
 multiplicities, so its confusion matrix is one matrix product and its ROC-AUC one bilinear form over subjects.
 
-Plain numpy, no Ray or MLflow: used by the study's test evaluation, `leukotune evaluate` and the benchmarks.
+Plain numpy, no Ray or MLflow: used by the study's test side, `leukotune evaluate` and the benchmarks.
 """
 from __future__ import annotations
 
@@ -21,15 +21,8 @@ DEFAULT_RESAMPLES = 2000
 _BLOCK = 256  # resamples per block: bounds memory at a few (block x subjects) float arrays
 
 
-def metric_on_test(metric: str) -> str:
-    """The test counterpart of a validation metric (`val_f1_weighted` -> `test_f1_weighted`, `best_val_x` ->
-    `test_x`); a training metric has none, so it is returned unchanged and will not be found."""
-    name = metric.removeprefix("best_")
-    return "test_" + name[len("val_"):] if name.startswith("val_") else name
-
-
-def evaluate_predictions(y_true: np.ndarray, prob_all: np.ndarray, subjects: np.ndarray, prefix: str = "test_",
-                         resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, float]:
+def metrics_with_intervals(y_true: np.ndarray, prob_all: np.ndarray, subjects: np.ndarray, prefix: str = "test_",
+                           resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, float]:
     """Every validation metric (accuracy, balanced accuracy, per-class P/R/F1, macro/weighted F1, ROC-AUC, the
     confusion cells), sensitivity/specificity, a log loss, cell and subject counts, and the patient-bootstrap
     interval of each of CI_METRICS as `<prefix><metric>_ci95_low` / `_ci95_high`."""
