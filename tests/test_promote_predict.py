@@ -13,8 +13,9 @@ from mlflow.tracking import MlflowClient
 from leukotune.data import read_image
 from leukotune.models import get_model
 from leukotune.tuner.cli.main import main
+from leukotune.tuner.evaluation import logged_models
 from leukotune.tuner.evaluation.inference import probabilities
-from leukotune.tuner.registry import predict as predict_mod
+from leukotune.tuner.evaluation.predict import predict_files
 from leukotune.tuner.registry.promote import Candidate, rank, threshold_problem
 from leukotune.tuner.tracking.artifacts import log_pytorch_model
 from leukotune.tuner.tracking.client import PARENT_TAG, TAG_FINGERPRINT, TAG_KIND, TAG_MODEL_URI, Tracker
@@ -194,10 +195,10 @@ def test_predict_table_output_and_tta(registry, champion, synthetic_dataset, cap
 
 
 def test_tta_is_the_mean_over_the_four_rotations(registry, champion, synthetic_dataset):
-    model = predict_mod.load_model(champion, registry["uri"])
+    model = logged_models.load_model(champion, registry["uri"])
     files = [(p, None) for p in sorted((synthetic_dataset / "training_data").rglob("*.bmp"))[:4]]
-    plain = predict_mod.predict_files(model, files, tta=False)
-    tta = predict_mod.predict_files(model, files, tta=True, batch_size=3)  # batches must not change results
+    plain = predict_files(model, files, tta=False)
+    tta = predict_files(model, files, tta=True, batch_size=3)  # batches must not change results
     prep = model.preprocessing
     images = np.stack([read_image(p, prep["image_size"], prep["color"]) for p, _ in files])
     rotated = [np.ascontiguousarray(np.rot90(images, k, axes=(-2, -1))) for k in range(4)]
@@ -216,12 +217,12 @@ def test_preprocessing_comes_from_the_model_and_weights_load_without_unpickling(
         calls.append(kwargs.get("weights_only"))
         return real_load(*args, **kwargs)
 
-    monkeypatch.setattr(predict_mod.torch, "load", spy)
+    monkeypatch.setattr(logged_models.torch, "load", spy)
     gray_uri = registry["client"].get_run(registry["runs"]["gray"]).data.tags[TAG_MODEL_URI]  # models:/<model_id>
-    gray = predict_mod.load_model(gray_uri, registry["uri"])
+    gray = logged_models.load_model(gray_uri, registry["uri"])
     assert calls == [True]
     assert gray.preprocessing["color"] == "gray" and gray.preprocessing["mean"] == [0.6]
-    rows = predict_mod.predict_files(gray, [(next((synthetic_dataset / "training_data").rglob("*.bmp")), None)])
+    rows = predict_files(gray, [(next((synthetic_dataset / "training_data").rglob("*.bmp")), None)])
     assert rows[0].error is None  # a 1-channel network fed 1-channel input, decided by the metadata alone
 
 

@@ -1,4 +1,3 @@
-"""The model registry side: promote the best trial's model under an alias, and predict with a registered model."""
-from .predict import load_model as load_model
-from .predict import predict_files as predict_files
+"""The model registry side: promote the best trial's model under an alias, with its model card. Predicting and
+evaluating with a registered model live in `tuner/evaluation/`."""
 from .promote import promote as promote
