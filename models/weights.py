@@ -11,10 +11,14 @@ import hashlib
 import http.client
 import os
 import pickle
+import select
+import time
+import uuid
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 from urllib.error import URLError
 from urllib.parse import urlparse
+from urllib.request import Request, urlopen
 
 import torch
 from torch import nn
@@ -206,9 +210,9 @@ def fetch_imagenet_weights(arch: str, directory: Path | None = None, url: str | 
     """Download ``arch``'s torchvision ImageNet file into ``directory``; returns (path, downloaded).
 
     ``url`` defaults to the one in torchvision's weight enum (a mirror may serve the same file name). The file's
-    SHA-256 must start with the hash in its name, torch.hub's check; torch.hub's `download_url_to_file` writes to a
-    temporary file beside the target and moves it into place only when the check passes, so an interrupted or
-    refused download leaves nothing behind. A file already there with the right hash is kept as it is.
+    SHA-256 must start with the hash in its name, torch.hub's check; the download is written to a temporary file
+    beside the target and moved into place only when the check passes, so an interrupted, stalled or refused
+    download leaves nothing behind. A file already there with the right hash is kept as it is.
     """
     url = url or imagenet_weights(arch).url
     name = Path(urlparse(url).path).name
@@ -222,16 +226,59 @@ def fetch_imagenet_weights(arch: str, directory: Path | None = None, url: str | 
     except OSError as err:
         raise WeightsDownloadError(f"cannot create {directory}: {err.strerror or err}") from err
     _remove_stale_partials(target)
+    partial = target.with_name(f"{target.name}.{uuid.uuid4().hex}.partial")  # torch.hub's name for it
     try:
-        torch.hub.download_url_to_file(url, str(target), hash_prefix=expected, progress=progress)
-    except RuntimeError as err:  # torch.hub's hash check: `invalid hash value (expected ..., got ...)`
-        raise WeightsDownloadError(
-            f"refused {url}: its SHA-256 does not start with {expected} as its name says (a download cut short, or "
-            f"a different file); nothing was saved") from err
+        digest = _download(url, partial, progress)
+        if not digest.startswith(expected):
+            raise WeightsDownloadError(
+                f"refused {url}: its SHA-256 does not start with {expected} as its name says (a download cut short, "
+                f"or a different file); nothing was saved")
+        partial.replace(target)
     except (URLError, http.client.HTTPException, OSError) as err:
         reason = getattr(err, "reason", None) or getattr(err, "strerror", None) or err
         raise WeightsDownloadError(f"cannot download {url}: {reason}; nothing was saved") from err
+    finally:
+        partial.unlink(missing_ok=True)  # whatever ended it: a refusal, an error, Ctrl-C
     return target, True
+
+
+# A server that sends nothing for this long is given up on. Waiting for data is cut into short polls, so the main
+# thread is back in Python several times a second and Ctrl-C ends the command even while the server stalls, whichever
+# of the process's threads (torch starts some) the kernel hands the signal to.
+STALL_TIMEOUT_S = 60.0
+POLL_S = 0.25
+_CHUNK = 1 << 17  # larger than the response's read buffer: after the first read, every read goes to the socket
+
+
+def _download(url: str, partial: Path, progress: bool) -> str:
+    """Stream ``url`` into ``partial``; returns the SHA-256 of what arrived (of a short file if the server hung up)."""
+    from tqdm import tqdm  # the progress bar torch.hub draws; loaded only when a person downloads
+
+    digest = hashlib.sha256()
+    with urlopen(Request(url, headers={"User-Agent": "torch.hub"}), timeout=STALL_TIMEOUT_S) as response, \
+            partial.open("wb") as out, \
+            tqdm(total=response.length, disable=not progress, unit="B", unit_scale=True, unit_divisor=1024) as bar:
+        # Chunked bodies keep chunk headers in the response's buffer, where polling the socket cannot see them.
+        poll = not response.chunked
+        block = response.read1(_CHUNK)  # the first read returns what came with the headers, if anything
+        while block:
+            out.write(block)
+            digest.update(block)
+            bar.update(len(block))
+            if response.length == 0:
+                break  # all of a sized body is here; the server may keep the connection open
+            if poll:
+                _wait_for_data(response)
+            block = response.read1(_CHUNK)
+    return digest.hexdigest()
+
+
+def _wait_for_data(response: http.client.HTTPResponse) -> None:
+    """Return once the socket has data or was closed; TimeoutError after STALL_TIMEOUT_S of silence."""
+    deadline = time.monotonic() + STALL_TIMEOUT_S
+    while not select.select([response.fileno()], [], [], POLL_S)[0]:
+        if time.monotonic() > deadline:
+            raise TimeoutError(f"the server sent nothing for {STALL_TIMEOUT_S:g} s")
 
 
 def _hash_prefix(file_name: str) -> str:

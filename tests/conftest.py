@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import subprocess
 import sys
@@ -21,6 +22,14 @@ SMOKE = REPO_ROOT / "studies" / "smoke.yaml"
 CNMC_SAMPLE = REPO_ROOT.parent / "shared" / "cnmc-sample"
 # The smoke study shrunk to seconds per trial: a few synthetic subjects, small batches.
 TINY = ["data.synthetic.subjects=8", "data.synthetic.cells_per_subject=12", "train.batch_size=16"]
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """Tests press Ctrl-C (SIGINT) on the commands they start. A suite started in the background of a non-interactive
+    shell (`make test &` in a script) inherits SIGINT ignored, and so would every command it starts, which then
+    never sees the key: give the suite, and through it its children, the default a terminal's foreground job has."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def in_ci() -> bool:

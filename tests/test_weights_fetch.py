@@ -1,5 +1,8 @@
 """`leukotune weights fetch`, offline: a real HTTP server on 127.0.0.1 serves small files whose names carry the right
-or the wrong SHA-256 prefix, cuts a download short, or stalls one until it is interrupted."""
+or the wrong SHA-256 prefix, cuts a download short, or stalls one until it is interrupted.
+
+No test waits a fixed time: each waits for what it needs (a partial file on disk, the process's end) with a deadline
+generous enough for a loaded 2-core machine, and a stalled download is held for longer than any of them."""
 from __future__ import annotations
 
 import hashlib
@@ -15,6 +18,7 @@ from pathlib import Path
 
 import pytest
 
+from leukotune.models import weights as weights_module
 from leukotune.models import (
     WeightsDownloadError,
     WeightsNotFoundError,
@@ -31,11 +35,22 @@ from conftest import REPO_ROOT
 
 PAYLOAD = b"not really resnet weights, just bytes to hash " * 2000
 GOOD_NAME = f"tiny-{hashlib.sha256(PAYLOAD).hexdigest()[:8]}.pth"
+STALL_HOLD_S = 600  # the server's stall outlasts every wait below: only Ctrl-C or the client's timeout ends it
+DEADLINE_S = 300  # for a subprocess that imports torch to get somewhere on a loaded machine; a hang guard, not a bound
+
+
+def wait_until(condition, what: str, deadline_s: float = DEADLINE_S) -> None:
+    """Poll `condition` until it holds; fail naming `what` after the (generous) deadline."""
+    deadline = time.monotonic() + deadline_s
+    while not condition():
+        if time.monotonic() > deadline:
+            pytest.fail(f"{what} did not happen within {deadline_s} s")
+        time.sleep(0.05)
 
 
 class Files(BaseHTTPRequestHandler):
     """`/ok/NAME` the whole payload, `/cut/NAME` half of it then a closed connection, `/stall/NAME` half then a
-    wait until the test releases it."""
+    wait until the test ends (longer than the client's own stall timeout)."""
 
     release = threading.Event()
 
@@ -50,7 +65,7 @@ class Files(BaseHTTPRequestHandler):
         self.wfile.write(PAYLOAD[: len(PAYLOAD) // 2])
         self.wfile.flush()
         if mode == "stall":
-            self.release.wait(timeout=60)
+            self.release.wait(timeout=STALL_HOLD_S)
         self.close_connection = True
 
     def log_message(self, *args) -> None:
@@ -91,6 +106,32 @@ def test_a_file_that_does_not_check_out_leaves_nothing(tmp_path, server, url_pat
     assert not folder.exists() or list(folder.iterdir()) == []
 
 
+def test_a_server_that_stalls_is_given_up_on_and_leaves_nothing(tmp_path, server, monkeypatch):
+    monkeypatch.setattr(weights_module, "STALL_TIMEOUT_S", 2.0)
+    folder = tmp_path / "w"
+    # "timed out": on a loaded machine the server's own thread may be slower than 2 s to send the headers.
+    with pytest.raises(WeightsDownloadError, match=r"(sent nothing for 2 s|timed out); nothing was saved"):
+        fetch_imagenet_weights("resnet50", folder, url=f"{server}/stall/{GOOD_NAME}", progress=False)
+    assert list(folder.iterdir()) == []
+
+
+def test_ctrl_c_ends_a_stalled_download_whichever_thread_the_signal_reaches(tmp_path, server):
+    # The kernel may hand a process's SIGINT to any of its threads (torch starts some); a download blocked in the
+    # main thread would then hear of it only when the server sent more.
+    folder = tmp_path / "w"
+
+    def press_ctrl_c_on_another_thread() -> None:
+        wait_until(lambda: folder.is_dir() and list(folder.glob("*.partial")), "the download's start")
+        signal.pthread_kill(threading.get_ident(), signal.SIGINT)
+
+    presser = threading.Thread(target=press_ctrl_c_on_another_thread, daemon=True)
+    presser.start()
+    with pytest.raises(KeyboardInterrupt):
+        fetch_imagenet_weights("resnet50", folder, url=f"{server}/stall/{GOOD_NAME}", progress=False)
+    presser.join()
+    assert list(folder.iterdir()) == []
+
+
 def test_an_unreachable_server_is_one_clear_error(tmp_path):
     with pytest.raises(WeightsDownloadError, match="cannot download http://127.0.0.1:9/"):
         fetch_imagenet_weights("resnet50", tmp_path, url=f"http://127.0.0.1:9/{GOOD_NAME}", progress=False)
@@ -111,7 +152,7 @@ def env(tmp_path) -> dict[str, str]:
 def test_cli_refuses_a_mirror_file_with_the_wrong_hash(tmp_path, server, env):
     # The mirror serves bytes under resnet50's real file name; their SHA-256 is not the one that name carries.
     process = cli(["resnet50", "--dir", str(tmp_path / "w"), "--mirror", f"{server}/ok", "--no-progress"], env)
-    out, err = process.communicate(timeout=120)
+    out, err = process.communicate(timeout=DEADLINE_S)
     assert process.returncode == 1, out + err
     assert "refused" in err and "resnet50-" in err and "Traceback" not in err
     assert list((tmp_path / "w").iterdir()) == []
@@ -120,19 +161,21 @@ def test_cli_refuses_a_mirror_file_with_the_wrong_hash(tmp_path, server, env):
 def test_cli_interrupted_download_leaves_no_partial_file(tmp_path, server, env):
     folder = tmp_path / "w"
     process = cli(["resnet50", "--dir", str(folder), "--mirror", f"{server}/stall", "--no-progress"], env)
-    deadline = time.time() + 120
-    while time.time() < deadline and not list(folder.glob("*.partial")):
-        time.sleep(0.1)
-    assert list(folder.glob("*.partial")), "the download never started"
-    process.send_signal(signal.SIGINT)  # Ctrl-C half way through the file
-    out, err = process.communicate(timeout=60)
+    try:
+        wait_until(lambda: list(folder.glob("*.partial")) or process.poll() is not None, "the download's start")
+        process.send_signal(signal.SIGINT)  # Ctrl-C half way through the file
+        out, err = process.communicate(timeout=DEADLINE_S)
+    finally:
+        process.kill()
+    # 130, not the stall timeout's 1: the key ended it, while the server still held the download.
     assert process.returncode == 130 and "interrupted" in err, out + err
     assert list(folder.iterdir()) == []
 
 
 def test_cli_help_explains_itself_and_lists_the_archs():
     result = subprocess.run([sys.executable, "-m", "leukotune.tuner.cli", "weights", "fetch", "--help"], check=False,
-                            capture_output=True, text=True, timeout=60, env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
+                            capture_output=True, text=True, timeout=DEADLINE_S,
+                            env={**os.environ, "PYTHONPATH": str(REPO_ROOT)})
     assert result.returncode == 0
     for text in ("resnet50", "mobilenet_v2", "--dir", "SHA-256", "never download"):
         assert text in result.stdout.replace("\n", " ")
