@@ -7,6 +7,7 @@ copied. A bad value is refused in one line naming the key, the value and what is
 from __future__ import annotations
 
 import json
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -35,9 +36,18 @@ def _one_of(value: Any, allowed: list[str] | tuple[str, ...]) -> Any:
     return value
 
 
+def _compile_mode(value: Any) -> Any:
+    if value not in ("default", "reduce-overhead"):
+        raise ValueError("choose one of false, true, default, reduce-overhead (true and false unquoted)")
+    return value
+
+
 class _Section(BaseModel):
     # Frozen: a resolved config is a value, passed to workers and saved with runs; `extra="forbid"` refuses typos.
-    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True)
+    # Strict: no silent coercion between booleans, numbers and text (lax pydantic reads `epochs: true` as 1 and
+    # `class_weights: "no"` as False). An int where a float belongs is still a number (`lr: 1`); what else the
+    # schema takes on purpose is said by its validators (`use_gpu: true`, `log_models: false`, a fold number).
+    model_config = ConfigDict(extra="forbid", frozen=True, validate_default=True, strict=True)
 
     def to_dict(self) -> dict[str, Any]:
         return self.model_dump(mode="json")
@@ -57,7 +67,7 @@ class DataConfig(_Section):
     # subject-disjoint by default: cells of one patient must not sit on both sides of the split.
     split: str = "subject"
     val_fraction: float = Field(0.2, ge=0.01, le=0.99)
-    val_fold: str | None = None
+    val_fold: str | None = None  # a C-NMC fold: "0", "1", "2" (`val_fold: 1` is that fold too) or "prelim"
     # Subjects per class set aside (before the train/val split, always subject-disjoint) for one evaluation after
     # the search; 0: no test side. Ignored when the C-NMC preliminary test folder is present: that is the test set.
     test_fraction: float = Field(0.2, ge=0.0, le=0.9)
@@ -65,6 +75,12 @@ class DataConfig(_Section):
     cache_dir: str | None = None
 
     _split = field_validator("split")(lambda v: _one_of(v, SPLIT_METHODS))
+
+    @field_validator("val_fold", mode="before")
+    @classmethod
+    def _fold_number_as_name(cls, value: Any) -> Any:
+        # Folds are named by their numbers; a whole number is exactly its digits, so nothing is guessed.
+        return str(value) if isinstance(value, int) and not isinstance(value, bool) else value
 
 
 class TrainConfig(_Section):
@@ -98,8 +114,7 @@ class TrainConfig(_Section):
     # (CUDA graphs: for small batches, where kernel launches on the host set the pace). Off by default: compiling
     # costs time in every trial, and its gain has not been measured on a GPU yet (BENCHMARKS.md).
     compile: bool | Literal["default", "reduce-overhead"] = False
-    _compile = field_validator("compile", mode="before")(
-        lambda v: v if isinstance(v, bool) else _one_of(v, ("false", "true", "default", "reduce-overhead")))
+    _compile = field_validator("compile", mode="before")(lambda v: v if isinstance(v, bool) else _compile_mode(v))
 
     _model = field_validator("model")(lambda v: _one_of(v, list_models()))
     _optimizer = field_validator("optimizer")(lambda v: _one_of(v, list_optimizers()))
@@ -240,9 +255,44 @@ def _one_line(exc: ValidationError) -> str:
         section = ".".join(str(part) for part in first["loc"][:-1])
         text = f"unknown config key {key}; accepted under '{section or '<top>'}': {_accepted(first['loc'][:-1])}"
     else:
-        text = f"{key}={first.get('input')!r} is not allowed: {message}"
+        text = f"{key}={first.get('input')!r} is not allowed: {message}{_type_hint(first['type'], first.get('input'))}"
     more = len(errors) - 1
     return text + (f" (and {more} more problem{'s' * (more > 1)})" if more else "")
+
+
+# Why strict typing refused a value, by (pydantic's error type, what YAML made of the value). Numbers in text fields
+# are refused rather than turned back into text: YAML has already changed them (`1.10` is 1.1, `0123` is 83).
+_TYPE_HINTS = {
+    ("string_type", "boolean"): "YAML reads it unquoted as a boolean; quote it to mean text",
+    ("string_type", "number"): "YAML reads it unquoted as a number; quote it to mean text",
+    ("int_type", "boolean"): "true and false are not numbers",
+    ("float_type", "boolean"): "true and false are not numbers",
+    ("int_type", "quoted number"): "a quoted number is text; write it unquoted",
+    ("float_type", "quoted number"): "a quoted number is text; write it unquoted",
+    ("int_type", "number"): "write a whole number",
+    ("bool_type", "text"): "write true or false, unquoted",
+    ("bool_type", "quoted number"): "write true or false, unquoted",
+    ("bool_type", "number"): "write true or false",
+}
+
+
+def _type_hint(error_type: str, value: Any) -> str:
+    hint = _TYPE_HINTS.get((error_type, _yaml_kind(value)))
+    return f" ({hint})" if hint else ""
+
+
+def _yaml_kind(value: Any) -> str | None:
+    if isinstance(value, bool):
+        return "boolean"
+    if isinstance(value, (int, float)):
+        return "number"
+    if isinstance(value, str):
+        try:
+            float(value)
+        except ValueError:
+            return "text"
+        return "quoted number"
+    return None
 
 
 def _accepted(section: tuple) -> str:
@@ -253,6 +303,21 @@ def _accepted(section: tuple) -> str:
             return "?"
         model = annotation
     return ", ".join(model.model_fields)
+
+
+class _StudyLoader(yaml.SafeLoader):
+    """YAML as PyYAML reads it, plus numbers like `3e-4` and `1.0e3`, which YAML 1.1 leaves as text (every YAML
+    1.2 parser reads them as floats, and so does anyone writing a learning rate)."""
+
+
+_StudyLoader.add_implicit_resolver(
+    "tag:yaml.org,2002:float",
+    re.compile(r"^[-+]?(?:[0-9][0-9_]*(?:\.[0-9_]*)?|\.[0-9_]+)[eE][-+]?[0-9]+$"),
+    list("-+0123456789."))
+
+
+def _read_yaml(text: str) -> Any:
+    return yaml.load(text, Loader=_StudyLoader)  # noqa: S506 - a SafeLoader with one more number form
 
 
 def parse_override(text: str) -> tuple[list[str], Any]:
@@ -267,15 +332,9 @@ def _parse_value(raw: str) -> Any:
     if raw == "":
         return None
     try:
-        value = yaml.safe_load(raw)
+        return _read_yaml(raw)
     except yaml.YAMLError:
         return raw
-    if isinstance(value, str):
-        try:  # YAML 1.1 reads `3e-4` as a string; users mean the number
-            return float(value)
-        except ValueError:
-            return value
-    return value
 
 
 def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]:
@@ -300,9 +359,12 @@ def load_study(path: str | Path | None, overrides: list[str] = (), data_path: st
         if not path.is_file():
             raise ConfigError(f"study file not found: {path}")
         try:
-            raw = yaml.safe_load(path.read_text()) or {}
+            raw = _read_yaml(path.read_text())
         except yaml.YAMLError as exc:
             raise ConfigError(f"{path}: not valid YAML: {str(exc).splitlines()[0]}") from None
+        if raw is None or raw == {}:
+            # Not the built-in defaults: an empty file is a truncated copy or the wrong path far more often.
+            raise ConfigError(f"{path}: the study file is empty; write its sections (as in studies/smoke.yaml)")
         if not isinstance(raw, dict):
             raise ConfigError(f"{path}: a study file must be a mapping of sections, got {type(raw).__name__}")
     raw = apply_overrides(raw, list(overrides))
