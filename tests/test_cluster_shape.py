@@ -10,8 +10,8 @@ import yaml
 
 from leukotune.tuner.cluster.capacity import shape_from_autoscaling_config, shape_from_kuberay_cr
 from leukotune.tuner.cluster.storage import filesystem_type, is_network_filesystem
-from leukotune.tuner.cluster.trial_resources import concurrency_for, decide_trial_resources
-from leukotune.tuner.config import ConfigError, load_study
+from leukotune.tuner.cluster.trial_resources import TrialDoesNotFitError, concurrency_for, decide_trial_resources
+from leukotune.tuner.config import load_study
 from leukotune.tuner.tune.cluster_watch import unfit_reason
 
 from conftest import REPO_ROOT
@@ -48,7 +48,7 @@ def test_the_paper_study_fills_four_gpu_workers_from_zero(read):
 
 @pytest.mark.parametrize("read", [cluster_yaml_shape, kuberay_shape], ids=["cluster.yaml", "kuberay"])
 def test_a_trial_no_node_type_can_hold_is_refused_naming_the_types(read):
-    with pytest.raises(ConfigError) as refused:
+    with pytest.raises(TrialDoesNotFitError) as refused:
         decide_trial_resources(load_study(PAPER, ["resources.cpus_per_worker=8"]), read())
     message = str(refused.value)
     assert message.startswith("resources: one trial needs 8 CPUs and 0.25 GPU, and no node type of this cluster "
@@ -62,7 +62,7 @@ def test_ray_train_trials_need_room_for_their_actor_too():
     assert resources.runtime == "ray_train" and resources.tune_request() == {"CPU": 0.01}
     assert concurrency_for(ddp, resources, shape) == 2  # 4 GPUs, 2 per trial
     full = load_study(PAPER, ["resources.workers=2", "resources.gpus_per_trial=1", "resources.cpus_per_worker=4"])
-    with pytest.raises(ConfigError, match="no node type of this cluster can hold it"):
+    with pytest.raises(TrialDoesNotFitError, match="no node type of this cluster can hold it"):
         decide_trial_resources(full, shape)  # 4 CPUs per worker leave no room for the trial's own actor
 
 

@@ -5,7 +5,12 @@ from __future__ import annotations
 import pytest
 
 from leukotune.tuner.cluster.capacity import UNLIMITED, ClusterShape, NodeType
-from leukotune.tuner.cluster.trial_resources import concurrency_for, decide_trial_resources, trials_per_gpu
+from leukotune.tuner.cluster.trial_resources import (
+    TrialDoesNotFitError,
+    concurrency_for,
+    decide_trial_resources,
+    trials_per_gpu,
+)
 from leukotune.tuner.config import ConfigError, load_study
 from leukotune.tuner.train.memory import estimate_trial_memory
 from leukotune.tuner.tune.packing import check_packing, largest_trials, worst_case
@@ -48,7 +53,7 @@ def test_concurrency_counts_packed_trials(gpus, cpus, share, expected):
 def test_ddp_workers_cannot_share_a_gpu_and_no_gpu_is_refused():
     with pytest.raises(ConfigError, match="gpus_per_trial=0.5 with resources.workers=2"):
         decide_trial_resources(study("resources.workers=2", "resources.gpus_per_trial=0.5"), one_node(8, 4))
-    with pytest.raises(ConfigError, match="use_gpu=true but no node type of this cluster has a GPU: node"):
+    with pytest.raises(TrialDoesNotFitError, match="use_gpu=true but no node type of this cluster has a GPU: node"):
         decide_trial_resources(study("resources.use_gpu=true"), one_node(8, 0))
 
 

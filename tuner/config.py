@@ -30,6 +30,10 @@ class ConfigError(ValueError):
     """A study file or override that cannot be used; the message names the key and what is allowed."""
 
 
+class StudyFileNotFoundError(FileNotFoundError):
+    """--config names a file that is not there."""
+
+
 def _one_of(value: Any, allowed: list[str] | tuple[str, ...]) -> Any:
     if value not in allowed:
         raise ValueError(f"choose one of {', '.join(map(str, allowed))}")
@@ -357,7 +361,7 @@ def load_study(path: str | Path | None, overrides: list[str] = (), data_path: st
     if path is not None:
         path = Path(path)
         if not path.is_file():
-            raise ConfigError(f"study file not found: {path}")
+            raise StudyFileNotFoundError(f"study file not found: {path}")
         try:
             raw = _read_yaml(path.read_text())
         except yaml.YAMLError as exc:

@@ -9,8 +9,9 @@ from pathlib import Path
 from typing import Any
 
 from leukotune.data import DatasetError, SkippedFile, split_subjects
-from leukotune.models import get_model_spec, resolve_weights_path
-from leukotune.tuner.config import ConfigError, StudyConfig
+from leukotune.models import UnknownModelError, WeightsNotFoundError, get_model_spec, resolve_weights_path
+from leukotune.tuner.cluster.storage import StorageError
+from leukotune.tuner.config import StudyConfig
 from leukotune.tuner.train.data_source import prepare_study_data, resolve_data_root
 
 # `s3://bucket/runs`, `gs://...`: Tune would sync checkpoints there, but leukotune reads them as files (the test
@@ -22,9 +23,9 @@ def check_storage(storage_path: str, min_free_gb: float = 1.0) -> Path:
     """The study storage folder, resolved; fail at start, not after an hour, when checkpoints could not be
     written there (a cloud URI, a folder that is not writable or nearly full)."""
     if CLOUD_URI.match(storage_path.strip()):
-        raise ConfigError(f"storage_path {storage_path} is a cloud URI; leukotune reads trial checkpoints as files "
-                          f"(test side, model export, --resume): set storage_path to a folder every node mounts "
-                          f"(e.g. an EFS or NFS mount: --set storage_path=/mnt/shared/runs; docs/cluster.md)")
+        raise StorageError(f"storage_path {storage_path} is a cloud URI; leukotune reads trial checkpoints as files "
+                           f"(test side, model export, --resume): set storage_path to a folder every node mounts "
+                           f"(e.g. an EFS or NFS mount: --set storage_path=/mnt/shared/runs; docs/cluster.md)")
     directory = Path(storage_path).expanduser().resolve()
     probe = directory / ".write-test"
     try:
@@ -32,11 +33,11 @@ def check_storage(storage_path: str, min_free_gb: float = 1.0) -> Path:
         probe.write_text("ok")
         probe.unlink()
     except OSError as exc:
-        raise ConfigError(f"storage_path {directory} is not writable: {exc.strerror or exc}") from exc
+        raise StorageError(f"storage_path {directory} is not writable: {exc.strerror or exc}") from exc
     free_gb = _free_gb(directory)
     if free_gb < min_free_gb:
-        raise ConfigError(f"storage_path {directory} has only {free_gb:.2f} GB free; at least {min_free_gb} GB "
-                          f"is needed for checkpoints (set LEUKOTUNE_MIN_FREE_GB to change the threshold)")
+        raise StorageError(f"storage_path {directory} has only {free_gb:.2f} GB free; at least {min_free_gb} GB "
+                           f"is needed for checkpoints (set LEUKOTUNE_MIN_FREE_GB to change the threshold)")
     return directory
 
 
@@ -55,8 +56,8 @@ def check_weights(study: StudyConfig, space: dict[str, Any]) -> None:
         if "weights" in get_model_spec(name).takes:
             try:
                 resolve_weights_path(name, study.train.weights)
-            except Exception as exc:  # noqa: BLE001 - re-raised with the study key named
-                raise ConfigError(f"train.weights={study.train.weights!r} for {name}: {exc}") from exc
+            except (WeightsNotFoundError, UnknownModelError) as exc:  # re-raised with the study key named
+                raise type(exc)(f"train.weights={study.train.weights!r} for {name}: {exc}") from exc
 
 
 @dataclass(frozen=True)
@@ -100,7 +101,7 @@ def summarise_data(study: StudyConfig) -> DataSummary:
     try:
         data = prepare_study_data(study)
     except DatasetError as exc:
-        raise ConfigError(f"data: {exc}") from exc
+        raise DatasetError(f"data: {exc}") from exc
     labels = data.labels.tolist()
     return DataSummary(root=str(root), cells=len(labels), all=labels.count(1), hem=labels.count(0),
                        subjects=len(set(data.subjects.tolist())), split=data.counts,

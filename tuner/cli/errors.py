@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import sys
+from importlib import import_module
 from typing import Callable
 
 # The command's exit codes, in one place: 0 done, 1 the work ran but failed (or was refused on its merits, like a
@@ -12,17 +13,35 @@ EXIT_USAGE = 2
 EXIT_INTERRUPTED = 130
 
 
-def _user_errors() -> tuple[type[BaseException], ...]:
-    # Imported when a command runs, not when the parser is built: `leukotune --help` should not load Ray and MLflow.
-    from leukotune.data import DatasetError
-    from leukotune.models import UnknownModelError, WeightsNotFoundError
-    from leukotune.tuner.cluster.jobs import ClusterError
-    from leukotune.tuner.cluster.mlflow_server import ServerError
-    from leukotune.tuner.config import ConfigError
-    from leukotune.tuner.tracking.client import TrackingUnavailable
+# The errors a user can fix, each named for what went wrong, as "module:class"; each is one line and EXIT_USAGE.
+USER_ERRORS = (
+    "leukotune.tuner.config:ConfigError",  # a study value, key or override the schema refuses
+    "leukotune.tuner.config:StudyFileNotFoundError",
+    "leukotune.data.errors:DatasetError",  # the data folder cannot be used
+    "leukotune.models.registry:UnknownModelError",
+    "leukotune.models.weights:WeightsNotFoundError",  # pretrained weights are not on this machine
+    "leukotune.tuner.tracking.client:TrackingUnavailable",
+    "leukotune.tuner.cluster.ray_cluster:ClusterError",  # the Ray cluster cannot be reached or cannot do it
+    "leukotune.tuner.cluster.trial_resources:TrialDoesNotFitError",
+    "leukotune.tuner.cluster.storage:StorageError",  # storage_path cannot hold the study
+    "leukotune.tuner.cluster.mlflow_server:ServerError",
+    "leukotune.tuner.tune.plan:ResumeError",
+    "leukotune.tuner.registry.promote:ExperimentNotFoundError",
+    "leukotune.tuner.evaluation.logged_models:ModelURIError",
+    "leukotune.tuner.evaluation.logged_models:ModelDownloadError",
+    "leukotune.tuner.evaluation.logged_models:UnusableModelError",
+)
 
-    return (ConfigError, DatasetError, TrackingUnavailable, WeightsNotFoundError, UnknownModelError, ClusterError,
-            ServerError)
+
+def user_error_classes(loaded_only: bool = True) -> tuple[type[BaseException], ...]:
+    """The classes of USER_ERRORS. Only those whose module is loaded, by default: an error can only have been raised
+    by a loaded module, and `leukotune --help` or a data command should not load Ray and MLflow to report one."""
+    classes = []
+    for entry in USER_ERRORS:
+        module_name, name = entry.split(":")
+        if module_name in sys.modules or not loaded_only:
+            classes.append(getattr(sys.modules.get(module_name) or import_module(module_name), name))
+    return tuple(classes)
 
 
 def friendly_errors(run: Callable[[], int]) -> int:
@@ -31,6 +50,6 @@ def friendly_errors(run: Callable[[], int]) -> int:
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except _user_errors() as exc:
+    except user_error_classes() as exc:
         print(f"error: {exc}", file=sys.stderr)
         return EXIT_USAGE

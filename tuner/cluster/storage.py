@@ -16,7 +16,6 @@ import ray
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from leukotune.tuner.cluster.capacity import ClusterShape
-from leukotune.tuner.config import ConfigError
 
 SHARED_MARKER = ".leukotune-shared"
 # Set to 1 when storage_path is shared though its file system type looks local to this node (a cluster file system
@@ -28,7 +27,11 @@ PROBE_TIMEOUT_S = 60.0
 FIX = "set storage_path to a folder every node mounts (e.g. --set storage_path=/mnt/shared/runs; docs/cluster.md)"
 
 
-class StorageNotSharedError(RuntimeError):
+class StorageError(RuntimeError):
+    """storage_path cannot hold the study: a cloud URI, not writable, nearly full, or not seen by every node."""
+
+
+class StorageNotSharedError(StorageError):
     """A trial's node does not see the study's folder: its checkpoints would never reach the driver."""
 
 
@@ -102,13 +105,13 @@ def check_shared_storage(directory: Path, shape: ClusterShape, log: Callable[[st
                 f"whether it sees storage_path {directory} is checked when a trial starts there")
             continue
         if seen != token:
-            raise ConfigError(f"storage_path {directory} is not shared: node {node['NodeManagerAddress']} does not "
-                              f"see it; {FIX}")
+            raise StorageError(f"storage_path {directory} is not shared: node {node['NodeManagerAddress']} does "
+                               f"not see it; {FIX}")
     if shape.can_add_nodes and not shape.same_host:
         kind = filesystem_type(directory)
         if not is_network_filesystem(kind) and os.environ.get(SHARED_STORAGE_ENV) != "1":
             workers = ", ".join(t.name for t in shape.node_types if not t.is_head and t.max_count > 0)
-            raise ConfigError(f"storage_path {directory} is on this node's own disk ({kind}), but this cluster "
-                              f"starts nodes of type {workers} on other machines; {FIX} (or set "
-                              f"{SHARED_STORAGE_ENV}=1 if this file system is shared)")
+            raise StorageError(f"storage_path {directory} is on this node's own disk ({kind}), but this cluster "
+                               f"starts nodes of type {workers} on other machines; {FIX} (or set "
+                               f"{SHARED_STORAGE_ENV}=1 if this file system is shared)")
     return marker

@@ -18,6 +18,10 @@ from leukotune.tuner.config import ConfigError, StudyConfig
 TRIAL_DRIVER_CPU = 0.01
 
 
+class TrialDoesNotFitError(RuntimeError):
+    """No node type of the cluster can hold one trial (too many CPUs, or a GPU where none has one)."""
+
+
 @dataclass(frozen=True)
 class TrialResources:
     """What one trial holds: `workers` copies of (`cpus_per_worker` CPUs, `gpus_per_worker` GPUs)."""
@@ -83,13 +87,14 @@ def trials_per_gpu(gpus_per_trial: float) -> int:
 
 
 def decide_trial_resources(study: StudyConfig, shape: ClusterShape, in_tune: bool = True) -> TrialResources:
-    """The trial's resources on this cluster; a ConfigError, naming the node types, when none could hold it.
+    """The trial's resources on this cluster; TrialDoesNotFitError, naming the node types, when none could hold it.
 
     `in_tune=False`: one training run of `leukotune train`, a TorchTrainer with no Tune trial actor around it."""
     settings = study.resources
     gpu = wants_gpu(settings.use_gpu, shape.has_gpus)
     if gpu and not shape.has_gpus:
-        raise ConfigError(f"resources.use_gpu=true but no node type of this cluster has a GPU: {shape.describe()}")
+        raise TrialDoesNotFitError(f"resources.use_gpu=true but no node type of this cluster has a GPU: "
+                                   f"{shape.describe()}")
     if gpu and settings.workers > 1 and settings.gpus_per_trial < 1:
         # NCCL refuses two ranks of one process group on the same GPU ("Duplicate GPU detected").
         raise ConfigError(f"resources.gpus_per_trial={settings.gpus_per_trial:g} with resources.workers="
@@ -101,9 +106,9 @@ def decide_trial_resources(study: StudyConfig, shape: ClusterShape, in_tune: boo
     if shape.capacity(resources.capacity_bundle()) < resources.workers:
         need = f"{settings.cpus_per_worker} CPUs" + (f" and {resources.gpus_per_worker:g} GPU" if gpu else "")
         per = f" per worker, {settings.workers} workers" if settings.workers > 1 else ""
-        raise ConfigError(f"resources: one trial needs {need}{per}, and no node type of this cluster can hold it "
-                          f"({shape.describe()}; from {shape.source}); lower resources.cpus_per_worker or "
-                          f"resources.workers, or add a larger node type")
+        raise TrialDoesNotFitError(f"resources: one trial needs {need}{per}, and no node type of this cluster can "
+                                   f"hold it ({shape.describe()}; from {shape.source}); lower "
+                                   f"resources.cpus_per_worker or resources.workers, or add a larger node type")
     return resources
 
 

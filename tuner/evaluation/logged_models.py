@@ -20,7 +20,6 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from leukotune.models import rebuild_network
-from leukotune.tuner.config import ConfigError
 from leukotune.tuner.evaluation.inference import CLASS_NAMES, REQUIRED_PREPROCESSING, TrainedModel
 from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri
 from leukotune.tuner.tracking.client import check_reachable, redact
@@ -28,11 +27,23 @@ from leukotune.tuner.tracking.client import check_reachable, redact
 MODEL_SCHEMES = ("models:/", "runs:/")
 
 
+class ModelURIError(ValueError):
+    """--model names something other than a model on the tracking server (a path, a bucket, a typo)."""
+
+
+class ModelDownloadError(RuntimeError):
+    """The tracking server could not hand over the model's files (no such model or alias, refused credentials)."""
+
+
+class UnusableModelError(ValueError):
+    """The downloaded model lacks what leukotune needs to rebuild it (not logged by leukotune, or incomplete)."""
+
+
 def check_model_uri(model_uri: str) -> None:
     """Only registry or run URIs: a local path or bucket would bypass the tracking server's records."""
     if not model_uri.startswith(MODEL_SCHEMES):
-        raise ConfigError(f"--model {model_uri!r}: give a model from the tracking server, e.g. "
-                          f"models:/leukotune-<experiment>@champion (or a logged model, models:/<model_id>)")
+        raise ModelURIError(f"--model {model_uri!r}: give a model from the tracking server, e.g. "
+                            f"models:/leukotune-<experiment>@champion (or a logged model, models:/<model_id>)")
 
 
 def download_model(model_uri: str, tracking_uri: str, destination: Path) -> Path:
@@ -44,22 +55,23 @@ def download_model(model_uri: str, tracking_uri: str, destination: Path) -> Path
         first = redact(str(getattr(exc, "message", exc))).strip().splitlines()[0][:300]
         if "401" in first or "403" in first:
             first = "the server refused the credentials (set MLFLOW_TRACKING_USERNAME and MLFLOW_TRACKING_PASSWORD)"
-        raise ConfigError(f"model {model_uri} could not be fetched from {redact(tracking_uri)}: {first}") from None
+        raise ModelDownloadError(f"model {model_uri} could not be fetched from {redact(tracking_uri)}: {first}") \
+            from None
 
 
 def read_metadata(model_dir: Path) -> dict[str, Any]:
     """The `metadata.leukotune` block of the MLmodel file, checked for what prediction needs."""
     mlmodel = model_dir / "MLmodel"
     if not mlmodel.is_file():
-        raise ConfigError(f"{model_dir.name}: no MLmodel file; is this a model logged by leukotune?")
+        raise UnusableModelError(f"{model_dir.name}: no MLmodel file; is this a model logged by leukotune?")
     meta = ((yaml.safe_load(mlmodel.read_text()) or {}).get("metadata") or {}).get("leukotune")
     if not isinstance(meta, dict):
-        raise ConfigError("the model has no `metadata.leukotune` block (it was not logged by leukotune), so its "
-                          "preprocessing is unknown")
+        raise UnusableModelError("the model has no `metadata.leukotune` block (it was not logged by leukotune), so "
+                                 "its preprocessing is unknown")
     missing = [k for k in ("model_name", "model_kwargs", "preprocessing", "state_dict") if k not in meta]
     missing += [f"preprocessing.{k}" for k in REQUIRED_PREPROCESSING if k not in meta.get("preprocessing", {})]
     if missing:
-        raise ConfigError(f"the model's leukotune metadata lacks {', '.join(missing)}")
+        raise UnusableModelError(f"the model's leukotune metadata lacks {', '.join(missing)}")
     return meta
 
 
@@ -68,7 +80,7 @@ def state_dict_path(model_dir: Path, relative: str) -> Path:
     root = model_dir.resolve()
     path = (root / relative).resolve()
     if root not in path.parents or not path.is_file():
-        raise ConfigError(f"the model's weights file {relative!r} is missing from the downloaded model")
+        raise UnusableModelError(f"the model's weights file {relative!r} is missing from the downloaded model")
     return path
 
 
@@ -88,7 +100,7 @@ def load_model(model_uri: str, tracking_uri: str) -> TrainedModel:
         network = build_network(meta, model_dir)
     class_names = list(meta.get("class_names") or CLASS_NAMES)
     if sorted(class_names) != ["all", "hem"]:
-        raise ConfigError(f"the model's classes are {class_names}; expected hem and all")
+        raise UnusableModelError(f"the model's classes are {class_names}; expected hem and all")
     return TrainedModel(network, dict(meta["preprocessing"]), class_names, meta["model_name"], meta.get("best_epoch"))
 
 

@@ -15,7 +15,6 @@ from mlflow.exceptions import MlflowException
 from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
-from leukotune.tuner.config import ConfigError
 from leukotune.tuner.metrics import metric_on_test, ranking_key
 from leukotune.tuner.registry.model_card import (
     MODEL_CARD_FILE,
@@ -45,6 +44,10 @@ if TYPE_CHECKING:
 DEFAULT_METRIC = "best_val_f1_weighted"
 DEFAULT_ALIAS = "champion"
 BEST_EPOCH_FILE = "best_epoch.json"
+
+
+class ExperimentNotFoundError(LookupError):
+    """--experiment names no experiment on the tracking server; the message lists the ones there."""
 
 
 @dataclass(frozen=True)
@@ -190,8 +193,8 @@ def promote(tracking_uri: str, experiment: str, metric: str = DEFAULT_METRIC, mo
     found = client.get_experiment_by_name(experiment)
     if found is None:
         names = sorted(e.name for e in client.search_experiments(max_results=200))
-        raise ConfigError(f"no experiment named {experiment!r} at {redact(tracking_uri)}; "
-                          f"existing: {', '.join(names) or 'none'}")
+        raise ExperimentNotFoundError(f"no experiment named {experiment!r} at {redact(tracking_uri)}; "
+                                      f"existing: {', '.join(names) or 'none'}")
     result = Promotion(model_name or default_model_name(experiment), alias, metric)
     ranked = rank(find_candidates(client, found.experiment_id, metric), mode)
     if not ranked:

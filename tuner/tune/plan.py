@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from leukotune.tuner.config import ConfigError, StudyConfig, build_study
+from leukotune.tuner.config import StudyConfig, build_study
 from leukotune.tuner.preflight import DataSummary, check_storage, check_weights, summarise_data
 from leukotune.tuner.tracking.client import check_reachable, resolve_tracking_uri
 from leukotune.tuner.tune.space import resolve_space
@@ -19,6 +19,10 @@ STUDY_FILE = "leukotune_study.json"
 RESULT_FILE = "leukotune_result.json"
 # Tune writes this when it first saves the experiment; without it there is nothing Tune could restore.
 TUNE_STATE_FILE = "tuner.pkl"
+
+
+class ResumeError(RuntimeError):
+    """--resume finds no study to continue, or one whose saved state it cannot read."""
 
 
 @dataclass
@@ -49,7 +53,7 @@ def plan_study(study: StudyConfig, resume: bool, log: Callable[[str], None] = pr
             return StudyPlan(study=study, study_id=directory.name, directory=directory, space={}, resume=True,
                              finished=finished)
         if not (directory / TUNE_STATE_FILE).is_file():
-            raise ConfigError(f"--resume: study {directory.name} stopped before Tune saved any state "
+            raise ResumeError(f"--resume: study {directory.name} stopped before Tune saved any state "
                               f"({directory / TUNE_STATE_FILE} is missing); start it again without --resume")
         log(f"resuming study {directory.name} (its saved configuration is used)")
     else:
@@ -67,7 +71,7 @@ def latest_study_dir(storage: Path, name: str) -> Path:
     candidates = sorted((p for p in storage.glob(f"{name}-*") if (p / STUDY_FILE).is_file()),
                         key=lambda p: p.stat().st_mtime)
     if not candidates:
-        raise ConfigError(f"--resume: no study named '{name}' under {storage}; start it without --resume first")
+        raise ResumeError(f"--resume: no study named '{name}' under {storage}; start it without --resume first")
     return candidates[-1]
 
 
@@ -92,5 +96,5 @@ def load_result(directory: Path) -> dict[str, Any] | None:
     try:
         outcome = json.loads(path.read_text())
     except json.JSONDecodeError as exc:
-        raise ConfigError(f"--resume: {path} is not valid JSON ({exc}); delete it to resume the study") from exc
+        raise ResumeError(f"--resume: {path} is not valid JSON ({exc}); delete it to resume the study") from exc
     return outcome if outcome.get("complete") else None

@@ -12,7 +12,7 @@ from ray.tune.logger import JsonLoggerCallback
 
 from leukotune.tuner.cluster.capacity import ClusterShape, read_cluster_shape
 from leukotune.tuner.cluster.job_driver import scratch_warning
-from leukotune.tuner.cluster.ray_cluster import init_ray
+from leukotune.tuner.cluster.ray_cluster import ClusterError, init_ray
 from leukotune.tuner.cluster.scaling import release_request, wait_for_slots
 from leukotune.tuner.cluster.storage import check_shared_storage
 from leukotune.tuner.cluster.trial_resources import (
@@ -21,7 +21,7 @@ from leukotune.tuner.cluster.trial_resources import (
     decide_trial_resources,
     runtime_of,
 )
-from leukotune.tuner.config import ConfigError, StudyConfig
+from leukotune.tuner.config import StudyConfig
 from leukotune.tuner.tracking import (
     Tracker,
     TrialRecorder,
@@ -83,8 +83,8 @@ def check_runtime(study: StudyConfig, dashboard_url: str | None) -> None:
     # Seen with Ray 2.60: without the dashboard, finished Train runs inside Tune trials never release their
     # placement groups and the study deadlocks. Refuse that combination instead of hanging.
     if runtime_of(study) == "ray_train" and not dashboard_url:
-        raise ConfigError("resources.trial_runtime=ray_train needs Ray's dashboard (install ray[default] and start "
-                          "the cluster with it), or use resources.workers=1 with trial_runtime=inline")
+        raise ClusterError("resources.trial_runtime=ray_train needs Ray's dashboard (install ray[default] and start "
+                           "the cluster with it), or use resources.workers=1 with trial_runtime=inline")
 
 
 def build_tuner(plan: StudyPlan, callbacks: list, placement: Placement):
