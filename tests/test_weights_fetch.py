@@ -29,7 +29,7 @@ from leukotune.models import (
     resolve_weights_path,
 )
 from leukotune.models.weights import WEIGHTS_DIR_ENV
-from leukotune.tuner.cli.weights import ARCHS
+from leukotune.tuner.cli.models import ARCHS
 
 from conftest import REPO_ROOT
 

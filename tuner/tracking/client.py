@@ -77,6 +77,17 @@ def redact(text: str) -> str:
     return re.sub(r"(?i)(\bpassword=)[^&\s]+", r"\1***", text)
 
 
+def request_failure(exc: Exception, uri: str) -> str:
+    """A refused or failed MLflow request as one line, credentials hidden; 401/403 say which credentials MLflow
+    reads."""
+    text = redact(str(getattr(exc, "message", exc))).strip()
+    first = text.splitlines()[0][:300] if text else type(exc).__name__
+    if "401" in first or "403" in first or "not authenticated" in text:
+        return (f"MLflow at {redact(uri)} refused the request (authentication): set MLFLOW_TRACKING_USERNAME and "
+                f"MLFLOW_TRACKING_PASSWORD")
+    return f"MLflow at {redact(uri)}: {first}"
+
+
 def check_reachable(uri: str, timeout_s: float = 5.0) -> None:
     """Fail within seconds when an HTTP tracking server or a PostgreSQL store does not answer, or the database
     refuses the password or does not exist, naming the (redacted) URI."""

@@ -1,0 +1,47 @@
+"""The `leukotune` command's shape: one table of commands, grouped by what users do, and a parser that loads none of
+Ray, MLflow or torch."""
+from __future__ import annotations
+
+import argparse
+import subprocess
+import sys
+
+import pytest
+
+from leukotune.tuner.cli.main import COMMANDS, build_parser
+
+HEAVY = ("ray", "mlflow", "torch", "optuna")
+
+
+def parser_commands(parser: argparse.ArgumentParser, prefix: str = "") -> set[str]:
+    """Every runnable command the parser knows, as `data check`, `jobs logs`, `tune`."""
+    found = set()
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction):
+            for name, sub in action.choices.items():
+                found |= parser_commands(sub, f"{prefix}{name} ") or {f"{prefix}{name}"}
+    return found
+
+
+# One command line per command: what its parser needs at least.
+SAMPLES = {"data synth": "data synth --out x", "data check": "data check x", "train": "train", "tune": "tune",
+           "submit": "submit --config x", "jobs status": "jobs status j", "jobs logs": "jobs logs j",
+           "jobs stop": "jobs stop j", "promote": "promote --experiment x", "evaluate": "evaluate --model m --data d",
+           "predict": "predict --model m x", "weights fetch": "weights fetch", "mlflow-server": "mlflow-server"}
+
+
+def test_every_command_is_in_the_one_table_and_its_parser_names_it():
+    parser = build_parser()
+    assert parser_commands(parser) == set(COMMANDS) == set(SAMPLES)
+    for command, line in SAMPLES.items():
+        assert parser.parse_args(line.split()).command == command  # the key that finds its handler
+
+
+@pytest.mark.parametrize("args", [["--help"], ["tune", "--help"], ["weights", "fetch", "--help"]],
+                         ids=lambda args: " ".join(args))
+def test_help_loads_no_ray_mlflow_or_torch(args):
+    script = ("import sys\nfrom leukotune.tuner.cli import main\n"
+              "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
+              f"print('loaded', code, *[m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)")
+    result = subprocess.run([sys.executable, "-c", script, *args], capture_output=True, text=True, timeout=300)
+    assert result.stderr.strip().splitlines()[-1] == "loaded 0", result.stderr[-2000:]

@@ -1,0 +1,261 @@
+"""Studies: `leukotune train` (one training run), `leukotune tune` (a tuning study), and a study on a cluster as a
+Ray Job (`leukotune submit`, `leukotune jobs status|logs|stop`)."""
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+from leukotune.tuner.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
+
+
+def add_commands(commands: argparse._SubParsersAction) -> None:
+    train = commands.add_parser("train", help="one training run on Ray Train workers")
+    _study_args(train)
+    train.set_defaults(command="train")
+
+    tune = commands.add_parser("tune", help="a tuning study: Ray Tune + Optuna + ASHA, tracked in MLflow")
+    _study_args(tune)
+    tune.add_argument("--resume", action="store_true",
+                      help="continue the newest study of this name (one that already finished: print its leaderboard)")
+    tune.set_defaults(command="tune")
+
+    submit = commands.add_parser("submit", help="run a tuning study on a Ray cluster as a Ray Job")
+    _dashboard_arg(submit)
+    submit.add_argument("--config", type=Path, required=True, help="study YAML, inside the uploaded project folder")
+    submit.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value (repeatable); passed on to `leukotune tune`")
+    submit.add_argument("--data", help="dataset folder as seen from the cluster's head node")
+    submit.add_argument("--working-dir", type=Path, default=Path("."),
+                        help="project folder uploaded as the job's working_dir (default: the current folder)")
+    submit.add_argument("--tracking-uri", help="MLflow server as seen from the head node, where the study's "
+                                               "driver runs (default: $MLFLOW_TRACKING_URI)")
+    submit.add_argument("--follow", action="store_true",
+                        help="stream the job's logs and exit with its outcome (0 succeeded, 1 failed or stopped)")
+    submit.set_defaults(command="submit")
+
+    jobs = commands.add_parser("jobs", help="status, logs or stop of a submitted study")
+    actions = jobs.add_subparsers(dest="jobs_command", required=True)
+    for name, text in (("status", "a job's status"), ("logs", "a job's logs so far (or --follow)"),
+                       ("stop", "stop a running job (its trials are marked KILLED)")):
+        action = actions.add_parser(name, help=text)
+        action.add_argument("job_id", metavar="JOB_ID")
+        _dashboard_arg(action)
+        if name == "logs":
+            action.add_argument("--follow", action="store_true",
+                                help="stream until the job ends; exit with its outcome")
+        action.set_defaults(command=f"jobs {name}")
+
+
+def _study_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--config", type=Path, help="study YAML (defaults apply where it is silent)")
+    parser.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                        help="override a config value, e.g. --set train.lr=3e-4 (repeatable)")
+    parser.add_argument("--data", help="dataset folder (C-NMC layout); default: the study's, else synthetic")
+    parser.add_argument("--address", help="Ray cluster to join, HOST:PORT of its GCS (default: $RAY_ADDRESS, else a "
+                        "live `ray start` cluster on this machine, else a private local Ray)")
+
+
+def _dashboard_arg(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--address", help="the cluster's dashboard, http://HEAD:8265 (default: $RAY_ADDRESS, else "
+                                          "http://127.0.0.1:8265); the Ray token is read from RAY_AUTH_TOKEN, "
+                                          "RAY_AUTH_TOKEN_PATH or ~/.ray/auth_token")
+
+
+def _info(message: str) -> None:
+    print(message, file=sys.stderr)
+
+
+# ---------------------------------------------------------------- on this machine's Ray (or one it joins)
+
+def train(args: argparse.Namespace) -> int:
+    import ray
+
+    from leukotune.data import CLASS_NAMES
+    from leukotune.tuner.cluster.capacity import read_cluster_shape
+    from leukotune.tuner.cluster.ray_cluster import init_ray
+    from leukotune.tuner.cluster.trial_resources import decide_trial_resources
+    from leukotune.tuner.config import load_study
+    from leukotune.tuner.preflight import check_storage, summarise_data
+    from leukotune.tuner.train.ray_train import make_trainer
+
+    study = load_study(args.config, args.overrides, args.data)
+    storage = check_storage(study.storage_path)
+    data = summarise_data(study)
+    print(f"data: {data.cells} cells ({data.all} ALL, {data.hem} hem) of {data.subjects} subjects"
+          f"{', synthetic' if data.synthetic else ''}; {len(data.skipped)} files skipped")
+    init_ray(args.address, {})
+    resources = decide_trial_resources(study, read_cluster_shape(), in_tune=False)
+    print(f"resources: {resources.describe()}")
+    result = make_trainer(study, resources, f"{study.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage).fit()
+    print_metrics_table(result.metrics, study.tune.metric, CLASS_NAMES)
+    if result.checkpoint is not None:
+        print(f"checkpoint (latest epoch; best.pt inside holds the best epoch): {result.checkpoint.path}")
+    ray.shutdown()
+    return EXIT_OK
+
+
+def print_metrics_table(metrics: dict[str, Any], metric: str, class_names: tuple[str, ...]) -> None:
+    keys = ["epoch", "best_epoch", f"best_{metric}", "val_accuracy", "val_balanced_accuracy", "val_roc_auc",
+            "val_f1_weighted", "val_f1_macro", "val_precision_all", "val_recall_all", "val_precision_hem",
+            "val_recall_hem", "val_loss", "train_loss"]
+    print("\nfinal metrics")
+    for key in keys:
+        if key in metrics:
+            value = metrics[key]
+            print(f"  {key:<24} {value:.4f}" if isinstance(value, float) else f"  {key:<24} {value}")
+    cm = [[metrics.get(f"val_cm_true_{t}_pred_{p}", 0) for p in class_names] for t in class_names]
+    names = "/".join(class_names)
+    print(f"  confusion (rows true {names}, cols predicted {names}): {cm}")
+
+
+def tune(args: argparse.Namespace) -> int:
+    from leukotune.tuner.cluster.job_driver import records_note
+    from leukotune.tuner.config import load_study
+    from leukotune.tuner.tune import plan_study, run_study
+
+    study = load_study(args.config, args.overrides, args.data)
+    plan = plan_study(study, resume=args.resume)
+    if plan.finished is not None:
+        return report_finished_study(plan)
+    data = plan.data_summary
+    skipped = data.skipped
+    print(f"data: {data.cells} cells of {data.subjects} subjects{' (synthetic)' if data.synthetic else ''}; "
+          f"{len(skipped)} files skipped" + (f" (first: {skipped[0].path}: {skipped[0].reason})" if skipped else ""))
+    print(describe_sides(plan.data_summary))
+    outcome = run_study(plan, args.address)
+    print_leaderboard(outcome.leaderboard, plan.study.tune.metric)
+    if outcome.stopped:
+        print(f"error: study stopped: {outcome.stopped}", file=sys.stderr)
+        return EXIT_FAILED
+    print_tracking_help(outcome)
+    note = records_note(outcome.tracking_uri, plan.directory.parent)
+    if note:
+        print(note)
+    if not outcome.complete:
+        config = f" --config {args.config}" if args.config else ""
+        print(f"\nstudy interrupted; continue it with: leukotune tune{config} --resume")
+        return EXIT_FAILED
+    return EXIT_OK
+
+
+def report_finished_study(plan) -> int:
+    """`--resume` of a study that already completed: nothing to run, so show what it found (Ray never starts)."""
+    from dataclasses import fields
+
+    from leukotune.tuner.tune import StudyOutcome
+
+    # Field by field: a result saved by an older leukotune may lack a field added since, or hold one removed.
+    outcome = StudyOutcome(**{field.name: plan.finished.get(field.name) for field in fields(StudyOutcome)})
+    print(f"study {plan.study_id} already finished ({len(outcome.leaderboard)} trials); nothing to resume. "
+          f"Start a new study by leaving out --resume.")
+    print_leaderboard(outcome.leaderboard, plan.study.tune.metric)
+    print_tracking_help(outcome)
+    return EXIT_OK
+
+
+def describe_sides(data) -> str:
+    """Cells and subjects per side (a DataSummary); the test side is untouched until the search ends."""
+    parts = [f"{side} {data.cells_on(side)} cells/{len(data.split_subjects.get(side, []))} subjects"
+             for side in ("train", "val", "test")]
+    source = {"prelim": "the C-NMC preliminary test folder", "subjects": "subjects set aside",
+              "none": "none (data.test_fraction 0)"}.get(data.test_source, "?")
+    return f"sides ({data.split_method} split): {', '.join(parts)}; test side: {source}"
+
+
+def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
+    print(f"\nleaderboard ({metric}, best epoch of each trial; test: the top trials once on the held-out subjects,"
+          f" 95% CI by patient)")
+    print(f"  {'rank':<5}{'trial':<12}{'status':<12}{'epochs':<8}{metric:<18}{'test (95% CI)':<24}{'last_acc':<9}"
+          f"{'device':<8}params")
+    for rank, row in enumerate(rows, 1):
+        best = row.get("best")
+        best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
+        acc = row.get("val_accuracy")
+        acc_text = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
+        params = " ".join(f"{k}={_short(v)}" for k, v in row["config"].items())
+        device = str(row.get("device") or "-").split(" ")[0]  # cuda:0, not the GPU's name
+        print(f"  {rank:<5}{row['trial_id']:<12}{row['status']:<12}{row['epochs']!s:<8}{best_text:<18}"
+              f"{_test_text(row):<24}{acc_text:<9}{device:<8}{params}")
+
+
+def _test_text(row: dict[str, Any]) -> str:
+    test, interval = row.get("test"), row.get("test_ci95")
+    if not isinstance(test, (int, float)):
+        return "-"
+    return f"{test:.4f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{test:.4f}"
+
+
+def _short(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def print_tracking_help(outcome) -> None:
+    from leukotune.tuner.tracking.client import redact, training_view_url
+
+    uri = outcome.tracking_uri
+    print(f"\nMLflow: experiment {outcome.experiment_id}, parent run {outcome.parent_run_id} at {redact(uri)}")
+    if uri.startswith("sqlite:"):
+        print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+              f"  (then {training_view_url('http://127.0.0.1:5000', outcome.experiment_id)})")
+    else:
+        print(f"open {training_view_url(redact(uri), outcome.experiment_id)}")
+
+
+# ---------------------------------------------------------------- as a Ray Job on a cluster
+
+def submit(args: argparse.Namespace) -> int:
+    from leukotune.tuner.cluster import jobs
+    from leukotune.tuner.config import load_study
+
+    # Every value is checked before the cluster is contacted: a typo costs a second, not an upload.
+    study = load_study(args.config, args.overrides, args.data)
+    client = jobs.connect(args.address)
+    job_id = jobs.submit_study(client, study, args.config, args.overrides, args.data, args.working_dir,
+                               args.tracking_uri, log=_info)
+    address = client.get_address()
+    print(f"submitted job: {job_id}")
+    _info(f"follow: leukotune jobs logs {job_id} --follow --address {address}\n"
+          f"stop:   leukotune jobs stop {job_id} --address {address}")
+    if not args.follow:
+        return EXIT_OK
+    return _follow(jobs, client, job_id)
+
+
+def jobs_status(args: argparse.Namespace) -> int:
+    from leukotune.tuner.cluster import jobs
+
+    info = jobs.job_info(jobs.connect(args.address), args.job_id)
+    print("\n".join(jobs.describe_job(info)))
+    return EXIT_OK
+
+
+def jobs_logs(args: argparse.Namespace) -> int:
+    from leukotune.tuner.cluster import jobs
+
+    client = jobs.connect(args.address)
+    if not args.follow:
+        sys.stdout.write(jobs.job_logs(client, args.job_id))
+        return EXIT_OK
+    return _follow(jobs, client, args.job_id)
+
+
+def jobs_stop(args: argparse.Namespace) -> int:
+    from leukotune.tuner.cluster import jobs
+
+    status = jobs.stop_job(jobs.connect(args.address), args.job_id)
+    print(f"job {args.job_id}: {status}")
+    return EXIT_OK
+
+
+def _follow(jobs, client, job_id: str) -> int:
+    """Stream a job's logs until it ends (`jobs`: tuner.cluster.jobs); exit with its outcome."""
+    try:
+        status = jobs.follow(client, job_id)
+    except KeyboardInterrupt:
+        _info(f"\nstopped following; the job keeps running (leukotune jobs stop {job_id} to end it)")
+        return EXIT_INTERRUPTED
+    _info(f"job {job_id}: {status}")
+    return jobs.exit_code_for(status)
