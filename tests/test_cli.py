@@ -3,12 +3,16 @@ Ray, MLflow or torch."""
 from __future__ import annotations
 
 import argparse
+import ast
 import subprocess
 import sys
+from pathlib import Path
 
 import pytest
 
 from leukotune.tuner.cli.main import COMMANDS, build_parser
+
+from conftest import REPO_ROOT
 
 HEAVY = ("ray", "mlflow", "torch", "optuna")
 
@@ -35,6 +39,17 @@ def test_every_command_is_in_the_one_table_and_its_parser_names_it():
     assert parser_commands(parser) == set(COMMANDS) == set(SAMPLES)
     for command, line in SAMPLES.items():
         assert parser.parse_args(line.split()).command == command  # the key that finds its handler
+
+
+def test_only_the_tables_handlers_import_when_they_run():
+    """The one pattern: a group module imports the standard library at the top, and a handler imports what it needs
+    (Ray, MLflow, torch) in its own body; no other function in tuner/cli/ imports."""
+    handlers = {(f.__module__.rsplit(".", 1)[1], f.__name__) for f in COMMANDS.values()}
+    for path in sorted((REPO_ROOT / "tuner" / "cli").glob("*.py")):
+        for node in ast.walk(ast.parse(path.read_text())):
+            if isinstance(node, ast.FunctionDef) and (path.stem, node.name) not in handlers:
+                inner = [n for n in ast.walk(node) if isinstance(n, (ast.Import, ast.ImportFrom))]
+                assert not inner, f"{path.name}: {node.name} imports inside (line {inner[0].lineno})"
 
 
 @pytest.mark.parametrize("args", [["--help"], ["tune", "--help"], ["weights", "fetch", "--help"]],

@@ -12,7 +12,7 @@ from leukotune.tuner.cluster.capacity import shape_from_autoscaling_config, shap
 from leukotune.tuner.cluster.storage import filesystem_type, is_network_filesystem
 from leukotune.tuner.cluster.trial_resources import TrialDoesNotFitError, concurrency_for, decide_trial_resources
 from leukotune.tuner.config import load_study
-from leukotune.tuner.tune.cluster_watch import unfit_reason
+from leukotune.tuner.tune.events import unfit_reason
 
 from conftest import REPO_ROOT
 

@@ -6,7 +6,6 @@ import argparse
 import sys
 import time
 from pathlib import Path
-from typing import Any
 
 from leukotune.tuner.cli.errors import EXIT_FAILED, EXIT_INTERRUPTED, EXIT_OK
 
@@ -73,58 +72,45 @@ def _info(message: str) -> None:
 def train(args: argparse.Namespace) -> int:
     import ray
 
-    from leukotune.data import CLASS_NAMES
     from leukotune.tuner.cluster.capacity import read_cluster_shape
     from leukotune.tuner.cluster.ray_cluster import init_ray
     from leukotune.tuner.cluster.trial_resources import decide_trial_resources
     from leukotune.tuner.config import load_study
     from leukotune.tuner.preflight import check_storage, summarise_data
     from leukotune.tuner.train.ray_train import make_trainer
+    from leukotune.tuner.tune.console import print_final_metrics, print_training_data
 
     study = load_study(args.config, args.overrides, args.data)
     storage = check_storage(study.storage_path)
-    data = summarise_data(study)
-    print(f"data: {data.cells} cells ({data.all} ALL, {data.hem} hem) of {data.subjects} subjects"
-          f"{', synthetic' if data.synthetic else ''}; {len(data.skipped)} files skipped")
+    print_training_data(summarise_data(study))
     init_ray(args.address, {})
     resources = decide_trial_resources(study, read_cluster_shape(), in_tune=False)
     print(f"resources: {resources.describe()}")
     result = make_trainer(study, resources, f"{study.name}-train-{time.strftime('%Y%m%d-%H%M%S')}", storage).fit()
-    print_metrics_table(result.metrics, study.tune.metric, CLASS_NAMES)
+    print_final_metrics(result.metrics, study.tune.metric)
     if result.checkpoint is not None:
         print(f"checkpoint (latest epoch; best.pt inside holds the best epoch): {result.checkpoint.path}")
     ray.shutdown()
     return EXIT_OK
 
 
-def print_metrics_table(metrics: dict[str, Any], metric: str, class_names: tuple[str, ...]) -> None:
-    keys = ["epoch", "best_epoch", f"best_{metric}", "val_accuracy", "val_balanced_accuracy", "val_roc_auc",
-            "val_f1_weighted", "val_f1_macro", "val_precision_all", "val_recall_all", "val_precision_hem",
-            "val_recall_hem", "val_loss", "train_loss"]
-    print("\nfinal metrics")
-    for key in keys:
-        if key in metrics:
-            value = metrics[key]
-            print(f"  {key:<24} {value:.4f}" if isinstance(value, float) else f"  {key:<24} {value}")
-    cm = [[metrics.get(f"val_cm_true_{t}_pred_{p}", 0) for p in class_names] for t in class_names]
-    names = "/".join(class_names)
-    print(f"  confusion (rows true {names}, cols predicted {names}): {cm}")
-
-
 def tune(args: argparse.Namespace) -> int:
     from leukotune.tuner.cluster.job_driver import records_note
     from leukotune.tuner.config import load_study
-    from leukotune.tuner.tune import plan_study, run_study
+    from leukotune.tuner.tune import StudyOutcome, plan_study, run_study
+    from leukotune.tuner.tune.console import (
+        print_finished_study,
+        print_leaderboard,
+        print_study_data,
+        print_tracking_help,
+    )
 
     study = load_study(args.config, args.overrides, args.data)
     plan = plan_study(study, resume=args.resume)
-    if plan.finished is not None:
-        return report_finished_study(plan)
-    data = plan.data_summary
-    skipped = data.skipped
-    print(f"data: {data.cells} cells of {data.subjects} subjects{' (synthetic)' if data.synthetic else ''}; "
-          f"{len(skipped)} files skipped" + (f" (first: {skipped[0].path}: {skipped[0].reason})" if skipped else ""))
-    print(describe_sides(plan.data_summary))
+    if plan.finished is not None:  # nothing to run (Ray never starts): show what the study found
+        print_finished_study(plan.study_id, StudyOutcome.from_saved(plan.finished), plan.study.tune.metric)
+        return EXIT_OK
+    print_study_data(plan.data_summary)
     outcome = run_study(plan, args.address)
     print_leaderboard(outcome.leaderboard, plan.study.tune.metric)
     if outcome.stopped:
@@ -139,69 +125,6 @@ def tune(args: argparse.Namespace) -> int:
         print(f"\nstudy interrupted; continue it with: leukotune tune{config} --resume")
         return EXIT_FAILED
     return EXIT_OK
-
-
-def report_finished_study(plan) -> int:
-    """`--resume` of a study that already completed: nothing to run, so show what it found (Ray never starts)."""
-    from dataclasses import fields
-
-    from leukotune.tuner.tune import StudyOutcome
-
-    # Field by field: a result saved by an older leukotune may lack a field added since, or hold one removed.
-    outcome = StudyOutcome(**{field.name: plan.finished.get(field.name) for field in fields(StudyOutcome)})
-    print(f"study {plan.study_id} already finished ({len(outcome.leaderboard)} trials); nothing to resume. "
-          f"Start a new study by leaving out --resume.")
-    print_leaderboard(outcome.leaderboard, plan.study.tune.metric)
-    print_tracking_help(outcome)
-    return EXIT_OK
-
-
-def describe_sides(data) -> str:
-    """Cells and subjects per side (a DataSummary); the test side is untouched until the search ends."""
-    parts = [f"{side} {data.cells_on(side)} cells/{len(data.split_subjects.get(side, []))} subjects"
-             for side in ("train", "val", "test")]
-    source = {"prelim": "the C-NMC preliminary test folder", "subjects": "subjects set aside",
-              "none": "none (data.test_fraction 0)"}.get(data.test_source, "?")
-    return f"sides ({data.split_method} split): {', '.join(parts)}; test side: {source}"
-
-
-def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
-    print(f"\nleaderboard ({metric}, best epoch of each trial; test: the top trials once on the held-out subjects,"
-          f" 95% CI by patient)")
-    print(f"  {'rank':<5}{'trial':<12}{'status':<12}{'epochs':<8}{metric:<18}{'test (95% CI)':<24}{'last_acc':<9}"
-          f"{'device':<8}params")
-    for rank, row in enumerate(rows, 1):
-        best = row.get("best")
-        best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
-        acc = row.get("val_accuracy")
-        acc_text = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
-        params = " ".join(f"{k}={_short(v)}" for k, v in row["config"].items())
-        device = str(row.get("device") or "-").split(" ")[0]  # cuda:0, not the GPU's name
-        print(f"  {rank:<5}{row['trial_id']:<12}{row['status']:<12}{row['epochs']!s:<8}{best_text:<18}"
-              f"{_test_text(row):<24}{acc_text:<9}{device:<8}{params}")
-
-
-def _test_text(row: dict[str, Any]) -> str:
-    test, interval = row.get("test"), row.get("test_ci95")
-    if not isinstance(test, (int, float)):
-        return "-"
-    return f"{test:.4f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{test:.4f}"
-
-
-def _short(value: Any) -> str:
-    return f"{value:.3g}" if isinstance(value, float) else str(value)
-
-
-def print_tracking_help(outcome) -> None:
-    from leukotune.tuner.tracking.client import redact, training_view_url
-
-    uri = outcome.tracking_uri
-    print(f"\nMLflow: experiment {outcome.experiment_id}, parent run {outcome.parent_run_id} at {redact(uri)}")
-    if uri.startswith("sqlite:"):
-        print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
-              f"  (then {training_view_url('http://127.0.0.1:5000', outcome.experiment_id)})")
-    else:
-        print(f"open {training_view_url(redact(uri), outcome.experiment_id)}")
 
 
 # ---------------------------------------------------------------- as a Ray Job on a cluster

@@ -14,5 +14,4 @@ from .parent_run import close_parent as close_parent
 from .parent_run import log_study_end as log_study_end
 from .parent_run import open_parent as open_parent
 from .trial_runs import TrialRecorder as TrialRecorder
-from .trial_runs import TrialRunsCallback as TrialRunsCallback
 from .trial_runs import trial_summary as trial_summary

@@ -1,4 +1,5 @@
-"""A Tune callback that keeps one MLflow child run per trial under the study's parent run.
+"""One MLflow child run per trial under the study's parent run, written from Tune's trial events in the driver
+(`tuner/tune/events.py` delivers them).
 
 All MLflow writes happen here, in the driver: workers only train. A resumed study finds each trial's run again
 by its trial id, and epochs already logged are not logged twice.
@@ -7,8 +8,6 @@ from __future__ import annotations
 
 from pathlib import Path
 from typing import Any, Callable
-
-from ray import tune
 
 from leukotune.tuner.metrics import ranking_key
 from leukotune.tuner.tracking.artifacts import load_best, log_pytorch_model, log_trial_artifacts
@@ -30,44 +29,6 @@ from leukotune.tuner.tracking.client import (
 from leukotune.tuner.tracking.datasets import log_dataset_inputs, run_dataset_inputs
 
 OPEN_STATES = ("RUNNING", "SCHEDULED")
-
-
-# Live recorders by study id. Tune pickles its callbacks into the experiment state (and restores them from
-# there on --resume); a recorder holds an MLflow client and a thread pool, which must not be pickled.
-_RECORDERS: dict[str, "TrialRecorder"] = {}
-
-
-class TrialRunsCallback(tune.Callback):
-    """The picklable face of a TrialRecorder: forwards Tune's hooks to the live recorder of its study."""
-
-    def __init__(self, recorder: "TrialRecorder"):
-        self.study_id = recorder.study_id
-        _RECORDERS[self.study_id] = recorder
-
-    def __getstate__(self) -> dict[str, str]:
-        return {"study_id": self.study_id}
-
-    def __setstate__(self, state: dict[str, str]) -> None:
-        self.study_id = state["study_id"]
-
-    @property
-    def recorder(self) -> "TrialRecorder":
-        return _RECORDERS[self.study_id]
-
-    def on_step_end(self, iteration: int, trials: list, **info) -> None:
-        self.recorder.trials = trials
-
-    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        self.recorder.run_for(trial)
-
-    def on_trial_result(self, iteration: int, trials: list, trial, result: dict, **info) -> None:
-        self.recorder.record_result(trial, result)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        self.recorder.record_complete(trial)
-
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        self.recorder.record_error(trial)
 
 
 class TrialRecorder:
@@ -133,7 +94,9 @@ class TrialRecorder:
             self._datasets = run_dataset_inputs(self.tracker, self.parent_run_id)
         return self._datasets
 
-    def record_result(self, trial, result: dict) -> None:
+    def record_result(self, trial, result: dict) -> bool:
+        """Log one epoch's metrics; False when MLflow already has that epoch (a result Tune replays after a
+        restart), which is then not logged again."""
         run_id = self.run_for(trial)
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
         self.last_epoch[trial.trial_id] = epoch
@@ -144,11 +107,10 @@ class TrialRecorder:
                                            TAG_NODE: str(result.get("node_id", ""))})
             self.placed.add(run_id)
         if epoch <= self.logged_step.get(run_id, 0):
-            return  # already in MLflow from before a restart: one value per epoch, no duplicates
+            return False  # already in MLflow from before a restart: one value per epoch, no duplicates
         self.tracker.log_metrics(run_id, numeric_metrics(result), step=epoch)
         self.logged_step[run_id] = epoch
-        self.log(f"trial {trial.trial_id} epoch {epoch}/{self.epochs}  {self.metric} "
-                 f"{result.get(self.metric, float('nan')):.4f}  val_acc {result.get('val_accuracy', float('nan')):.4f}")
+        return True
 
     def record_complete(self, trial) -> None:
         run_id = self.run_for(trial)
@@ -180,17 +142,16 @@ class TrialRecorder:
         self.tracker.end_run(run_id, "FAILED")
 
     # ------------------------------------------------------------ models
-    def log_top_models(self) -> None:
-        """Queue the models of the study's top `log_models` trials (by the study metric) for the background thread.
+    def log_top_models(self) -> list[str]:
+        """Queue the models of the study's top `log_models` trials (by the study metric) for the background thread;
+        returns their trial ids.
 
         Only these are exported, once the study is done: an export per trial end took CPU from running trials.
         """
         chosen = top_trials(self.trials, self.metric, self.mode, self.log_models)
-        if chosen:
-            self.log(f"logging the models of the top {len(chosen)} trial(s) by {self.metric}: "
-                     f"{', '.join(t.trial_id for t in chosen)}")
         for trial in chosen:
             self.background.submit(self._log_model, trial.trial_id, checkpoint_dir_of(trial))
+        return [trial.trial_id for trial in chosen]
 
     def _log_model(self, trial_id: str, checkpoint_dir: Path | None) -> None:
         found = self._runs_of_trial(trial_id)
@@ -240,7 +201,6 @@ class TrialRecorder:
                 self.tracker.end_run(run_id, "KILLED")
                 killed += 1
         self.background.close()
-        _RECORDERS.pop(self.study_id, None)
         return {"killed": killed}
 
 

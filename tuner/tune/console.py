@@ -1,8 +1,9 @@
-"""What `leukotune tune` prints while a study runs: leukotune's own lines and nothing of Ray's chatter.
+"""Everything `leukotune tune` and `leukotune train` print: leukotune's own lines and nothing of Ray's chatter.
 
-One plain line per trial event (started, epoch, stopped early, finished, failed), and on a terminal a live status
-line under them (tqdm draws it and writes event lines above it). Not on a terminal (CI logs, Ray Job logs) there is
-no live line; each trial's end line carries the same counts instead.
+A study prints its data and sides, one plain line per trial event (started, epoch, stopped early, finished, failed),
+and on a terminal a live status line under them (tqdm draws it and writes event lines above it); not on a terminal
+(CI logs, Ray Job logs) there is no live line, and each trial's end line carries the same counts instead. At its end
+come the leaderboard and where MLflow holds the records. A training run prints its data and its final metrics.
 """
 from __future__ import annotations
 
@@ -14,11 +15,12 @@ import warnings
 from collections.abc import Callable
 from typing import Any, TextIO
 
-from ray import tune
 from tqdm import tqdm
 
+from leukotune.data import CLASS_NAMES
 from leukotune.tuner.compat import RAY_AUTH_TOKEN_LOGGER
 from leukotune.tuner.metrics import is_better
+from leukotune.tuner.tracking.client import redact, training_view_url
 
 TOKEN_LOGGER = RAY_AUTH_TOKEN_LOGGER
 SLOW_STEP_LOGGER = "ray.tune.utils.util"  # `warn_if_slow`: "... may be a performance bottleneck"
@@ -101,6 +103,11 @@ class StudyConsole:
         params = " ".join(f"{key}={_short(value)}" for key, value in dict(trial.config).items())
         self.log(f"trial {trial.trial_id} started  {params}")
 
+    def trial_epoch(self, trial, result: dict) -> None:
+        epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        self.log(f"trial {trial.trial_id} epoch {epoch}/{self.epochs}  {self.metric} "
+                 f"{result.get(self.metric, float('nan')):.4f}  val_acc {result.get('val_accuracy', float('nan')):.4f}")
+
     def trial_ended(self, trial, trials: list) -> None:
         self.trials = trials
         result = getattr(trial, "last_result", None) or {}
@@ -120,6 +127,11 @@ class StudyConsole:
 
     def trial_retried(self, trial) -> None:
         self.log(f"trial {trial.trial_id} failed; Tune restarts it from its last checkpoint")
+
+    def models_logged(self, trial_ids: list[str]) -> None:
+        if trial_ids:
+            self.log(f"logging the models of the top {len(trial_ids)} trial(s) by {self.metric}: "
+                     f"{', '.join(trial_ids)}")
 
     # ------------------------------------------------------------ status
     def refresh(self, trials: list, force: bool = False) -> None:
@@ -190,49 +202,82 @@ def _duration(seconds: float) -> str:
     return f"{hours}h{minutes:02d}m" if hours else f"{minutes}m{secs:02d}s"
 
 
-# Live consoles by study id: Tune pickles its callbacks into the experiment state, and a console holds a stream.
-_CONSOLES: dict[str, StudyConsole] = {}
+# ---------------------------------------------------------------- before and after a study
+
+def print_study_data(data) -> None:
+    """The study's data (a DataSummary) and its sides; the test side is untouched until the search ends."""
+    skipped = data.skipped
+    print(f"data: {data.cells} cells of {data.subjects} subjects{' (synthetic)' if data.synthetic else ''}; "
+          f"{len(skipped)} files skipped" + (f" (first: {skipped[0].path}: {skipped[0].reason})" if skipped else ""))
+    parts = [f"{side} {data.cells_on(side)} cells/{len(data.split_subjects.get(side, []))} subjects"
+             for side in ("train", "val", "test")]
+    source = {"prelim": "the C-NMC preliminary test folder", "subjects": "subjects set aside",
+              "none": "none (data.test_fraction 0)"}.get(data.test_source, "?")
+    print(f"sides ({data.split_method} split): {', '.join(parts)}; test side: {source}")
 
 
-class ConsoleCallback(tune.Callback):
-    """The picklable face of a StudyConsole: forwards Tune's trial events to the live console of its study."""
-
-    def __init__(self, study_id: str, console: StudyConsole):
-        self.study_id = study_id
-        _CONSOLES[study_id] = console
-
-    def __getstate__(self) -> dict[str, str]:
-        return {"study_id": self.study_id}
-
-    def __setstate__(self, state: dict[str, str]) -> None:
-        self.study_id = state["study_id"]
-
-    @property
-    def console(self) -> StudyConsole | None:
-        return _CONSOLES.get(self.study_id)
-
-    def on_step_end(self, iteration: int, trials: list, **info) -> None:
-        if self.console:
-            self.console.refresh(trials)
-
-    def on_trial_start(self, iteration: int, trials: list, trial, **info) -> None:
-        if self.console:
-            self.console.trial_started(trial)
-
-    def on_trial_complete(self, iteration: int, trials: list, trial, **info) -> None:
-        if self.console:
-            self.console.trial_ended(trial, trials)
-
-    def on_trial_error(self, iteration: int, trials: list, trial, **info) -> None:
-        if self.console:
-            self.console.trial_failed(trial, trials)
-
-    def on_trial_recover(self, iteration: int, trials: list, trial, **info) -> None:
-        if self.console:
-            self.console.trial_retried(trial)
+def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
+    print(f"\nleaderboard ({metric}, best epoch of each trial; test: the top trials once on the held-out subjects,"
+          f" 95% CI by patient)")
+    print(f"  {'rank':<5}{'trial':<12}{'status':<12}{'epochs':<8}{metric:<18}{'test (95% CI)':<24}{'last_acc':<9}"
+          f"{'device':<8}params")
+    for rank, row in enumerate(rows, 1):
+        best = row.get("best")
+        best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
+        acc = row.get("val_accuracy")
+        acc_text = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
+        params = " ".join(f"{k}={_param(v)}" for k, v in row["config"].items())
+        device = str(row.get("device") or "-").split(" ")[0]  # cuda:0, not the GPU's name
+        print(f"  {rank:<5}{row['trial_id']:<12}{row['status']:<12}{row['epochs']!s:<8}{best_text:<18}"
+              f"{_test_text(row):<24}{acc_text:<9}{device:<8}{params}")
 
 
-def release_console(study_id: str) -> None:
-    console = _CONSOLES.pop(study_id, None)
-    if console is not None:
-        console.close()
+def _test_text(row: dict[str, Any]) -> str:
+    test, interval = row.get("test"), row.get("test_ci95")
+    if not isinstance(test, (int, float)):
+        return "-"
+    return f"{test:.4f} [{interval[0]:.3f}, {interval[1]:.3f}]" if interval else f"{test:.4f}"
+
+
+def _param(value: Any) -> str:
+    return f"{value:.3g}" if isinstance(value, float) else str(value)
+
+
+def print_tracking_help(outcome) -> None:
+    """Where the study's records are (a StudyOutcome), and how to open them."""
+    uri = outcome.tracking_uri
+    print(f"\nMLflow: experiment {outcome.experiment_id}, parent run {outcome.parent_run_id} at {redact(uri)}")
+    if uri.startswith("sqlite:"):
+        print(f"open the UI with: .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000"
+              f"  (then {training_view_url('http://127.0.0.1:5000', outcome.experiment_id)})")
+    else:
+        print(f"open {training_view_url(redact(uri), outcome.experiment_id)}")
+
+
+def print_finished_study(study_id: str, outcome, metric: str) -> None:
+    """`--resume` of a study that already completed (its saved StudyOutcome)."""
+    print(f"study {study_id} already finished ({len(outcome.leaderboard)} trials); nothing to resume. "
+          f"Start a new study by leaving out --resume.")
+    print_leaderboard(outcome.leaderboard, metric)
+    print_tracking_help(outcome)
+
+
+# ---------------------------------------------------------------- one training run (`leukotune train`)
+
+def print_training_data(data) -> None:
+    print(f"data: {data.cells} cells ({data.all} ALL, {data.hem} hem) of {data.subjects} subjects"
+          f"{', synthetic' if data.synthetic else ''}; {len(data.skipped)} files skipped")
+
+
+def print_final_metrics(metrics: dict[str, Any], metric: str) -> None:
+    keys = ["epoch", "best_epoch", f"best_{metric}", "val_accuracy", "val_balanced_accuracy", "val_roc_auc",
+            "val_f1_weighted", "val_f1_macro", "val_precision_all", "val_recall_all", "val_precision_hem",
+            "val_recall_hem", "val_loss", "train_loss"]
+    print("\nfinal metrics")
+    for key in keys:
+        if key in metrics:
+            value = metrics[key]
+            print(f"  {key:<24} {value:.4f}" if isinstance(value, float) else f"  {key:<24} {value}")
+    cm = [[metrics.get(f"val_cm_true_{t}_pred_{p}", 0) for p in CLASS_NAMES] for t in CLASS_NAMES]
+    names = "/".join(CLASS_NAMES)
+    print(f"  confusion (rows true {names}, cols predicted {names}): {cm}")

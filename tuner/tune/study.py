@@ -3,7 +3,7 @@ from __future__ import annotations
 
 import os
 import signal
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
 
@@ -25,7 +25,6 @@ from leukotune.tuner.config import StudyConfig
 from leukotune.tuner.tracking import (
     Tracker,
     TrialRecorder,
-    TrialRunsCallback,
     check_reachable,
     close_parent,
     log_study_end,
@@ -35,14 +34,8 @@ from leukotune.tuner.tracking import (
 )
 from leukotune.tuner.tracking.parent_run import rank_rows
 from leukotune.tuner.tune.checkpoint_view import ForgetMissingCheckpoints
-from leukotune.tuner.tune.cluster_watch import ClusterWatch, StopWhenNodeUnfit, stop_reason
-from leukotune.tuner.tune.console import (
-    ConsoleCallback,
-    StudyConsole,
-    changing_line,
-    quiet_ray_console,
-    release_console,
-)
+from leukotune.tuner.tune.console import StudyConsole, changing_line, quiet_ray_console
+from leukotune.tuner.tune.events import StopWhenNodeUnfit, StudyEvents, attach, detach
 from leukotune.tuner.tune.holdout import add_test_scores, score_top_trials
 from leukotune.tuner.tune.packing import check_packing, probe_gpu_memory
 from leukotune.tuner.tune.plan import StudyPlan, save_plan, save_result
@@ -124,6 +117,12 @@ class StudyOutcome:
     # Why the study was stopped before its end by a node unfit for its trials (None: it was not).
     stopped: str | None = None
 
+    @classmethod
+    def from_saved(cls, saved: dict[str, Any]) -> StudyOutcome:
+        """The outcome a finished study saved, field by field: one saved by an older leukotune may lack a field
+        added since, or hold one removed."""
+        return cls(**{field.name: saved.get(field.name) for field in fields(cls)})
+
 
 def forward_sigterm_to_tune() -> None:
     # `ray job stop` and schedulers send SIGTERM; Tune stops gracefully (state saved) on SIGUSR1/SIGINT only.
@@ -170,23 +169,23 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
     forward_sigterm_to_tune()
     complete, stopped = False, None
     test_scores: dict[str, dict[str, float]] = {}
+    live = attach(plan.study_id, recorder, console)
     try:
-        callbacks = [TrialRunsCallback(recorder), ConsoleCallback(plan.study_id, console), ForgetMissingCheckpoints(),
-                     ClusterWatch(plan.study_id)]
-        build_tuner(plan, callbacks, placement).fit()
-        stopped = stop_reason(plan.study_id)
+        build_tuner(plan, [StudyEvents(plan.study_id), ForgetMissingCheckpoints()], placement).fit()
+        stopped = live.stopped
         complete = (stopped is None
                     and sum(t.status in ("TERMINATED", "ERROR") for t in recorder.trials) >= study.tune.num_samples)
         if complete:
             # Models of the top trials only once the study is complete (on an interrupted one the top is not known
             # yet). They export on the driver's background thread while the test side is scored on the cluster.
-            recorder.log_top_models()
+            console.models_logged(recorder.log_top_models())
             # The test side is read once, by the top trials of a finished search only.
             test_scores = score_top_trials(plan, recorder.trials, recorder.run_ids, tracker, parent_run_id,
                                            resources, log)
     finally:
         release_request()
-        release_console(plan.study_id)  # the live line goes before the closing lines
+        detach(plan.study_id)
+        console.close()  # the live line goes before the closing lines
         closed = recorder.close()
         # After close(): the runs' learning curves are read from the trials' state.pt.
         prune_checkpoints(recorder.trials, study.tune.metric, study.tune.mode, keep, study_complete=complete, log=log)
