@@ -78,7 +78,7 @@ def sets(values: list[str]) -> list[str]:
     return [arg for value in values for arg in ("--set", value)]
 
 
-def run_leukotune(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 420
+def run_leukotune(args: list[str], cwd: Path, env: dict[str, str], timeout: int = 600
                   ) -> subprocess.CompletedProcess:
     return subprocess.run([sys.executable, "-m", "leukotune.tuner.cli", *args], cwd=cwd, env=env,
                           capture_output=True, text=True, timeout=timeout)

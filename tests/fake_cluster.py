@@ -80,13 +80,13 @@ class Cluster:
         token = Path(self.env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
         url = f"{self.dashboard_url}/api/v0/{kind}?{urllib.parse.urlencode({'limit': '1000', **query})}"
         request = urllib.request.Request(url, headers={"Authorization": f"Bearer {token}"})
-        with urllib.request.urlopen(request, timeout=30) as response:
+        with urllib.request.urlopen(request, timeout=120) as response:
             return json.loads(response.read())["data"]["result"]["result"]
 
     def alive_nodes(self) -> list[dict]:
         return [n for n in self.state("nodes") if n.get("state") == "ALIVE"]
 
-    def wait_until(self, condition, what: str, timeout_s: float = 240.0):
+    def wait_until(self, condition, what: str, timeout_s: float = 600.0):
         """Poll `condition()` (with the alive nodes) until it is truthy; fail naming `what` and the nodes."""
         deadline = time.monotonic() + timeout_s
         nodes: list[dict] = []

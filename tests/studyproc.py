@@ -30,11 +30,13 @@ class StudyProcess:
     def pid(self) -> int:
         return self.process.pid
 
-    def wait_for(self, pattern: str, limit_s: float = 240) -> bool:
-        """True once a printed line matches `pattern`; False if the process ends or time runs out first."""
+    def wait_for(self, pattern: str, limit_s: float = 600, after: int = 0) -> bool:
+        """True once a line printed after the first `after` matches `pattern`; False if the process ends or time
+        runs out first. The limit is a hang guard, generous for a loaded 2-core machine: it returns as soon as the
+        line is there."""
         regex = re.compile(pattern)
         deadline = time.time() + limit_s
-        seen = 0
+        seen = after
         while time.time() < deadline:
             while seen < len(self.lines):
                 if regex.search(self.lines[seen]):
@@ -45,7 +47,7 @@ class StudyProcess:
             time.sleep(0.2)
         return False
 
-    def finish(self, timeout: float = 400) -> str:
+    def finish(self, timeout: float = 600) -> str:
         self.process.wait(timeout=timeout)
         self._reader.join(timeout=10)
         return "".join(self.lines)

@@ -76,13 +76,19 @@ def run_on_node(node: Path, line: str) -> tuple[subprocess.CompletedProcess, lis
     """Run one wrapped command in a private PID namespace next to stand-in old servers; return what happened."""
     home, log = node / "home", node / "shim.log"
     log.write_text("")
-    starts = " ".join(f"(exec -a {shlex.quote(s)} sleep 300) &" for s in OLD_SERVERS)
+    starts = " ".join(f"(exec -a {shlex.quote(s)} sleep 600) &" for s in OLD_SERVERS)
+    # No fixed pauses: wait (up to a minute each, at a loaded machine's pace) until both servers run, and, when the
+    # command is to stop them, until they are gone.
+    running = " ".join(f"for i in $(seq 1200); do pgrep -f {shlex.quote(s)} >/dev/null && break; sleep 0.05; done;"
+                       for s in OLD_SERVERS)
+    any_alive = " || ".join(f"pgrep -f {shlex.quote(s)} >/dev/null" for s in OLD_SERVERS)
+    stopped = f"for i in $(seq 1200); do {any_alive} || break; sleep 0.05; done;" if "pkill" in line else ""
     checks = " ".join(f"pgrep -f {shlex.quote(s)} >/dev/null && echo alive || echo gone;" for s in OLD_SERVERS)
     # A file, not `bash -c`: the driver's own command line must not hold the servers' names pkill looks for.
     driver = node / "driver.sh"
-    driver.write_text(f"{starts} sleep 0.2; bash -c {shlex.quote(line)} </dev/null; echo \"rc=$?\"; sleep 0.5; {checks}")
+    driver.write_text(f"{starts} {running} bash -c {shlex.quote(line)} </dev/null; echo \"rc=$?\"; {stopped} {checks}")
     done = subprocess.run(["unshare", "--pid", "--fork", "--map-root-user", "--mount-proc", "bash", str(driver)],
-                          capture_output=True, text=True, timeout=60, check=False,
+                          capture_output=True, text=True, timeout=600, check=False,
                           env={"HOME": str(home), "PATH": "/usr/bin:/bin", "SHIM_LOG": str(log)})
     tail = done.stdout.strip().splitlines()[-len(OLD_SERVERS):]
     return done, log.read_text().splitlines(), [state == "alive" for state in tail]

@@ -123,7 +123,7 @@ def test_commands_refuse_bad_values_before_ray_starts(command, tmp_path):
               "assert 'ray' not in sys.modules or not __import__('ray').is_initialized()\n"
               "print('codes', *codes)")
     result = subprocess.run([sys.executable, "-c", script, command, str(STUDIES / "smoke.yaml"), *CLI_BAD_VALUES],
-                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=120)
+                            cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert result.stdout.split() == ["codes"] + ["2"] * len(CLI_BAD_VALUES)
     errors = result.stderr.strip().splitlines()

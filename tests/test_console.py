@@ -98,8 +98,8 @@ def test_a_worker_told_to_exit_during_garbage_collection_prints_no_traceback():
             gc.collect()
         print("exited normally")
     """)
-    quiet = subprocess.run([sys.executable, "-c", probe, "quiet"], capture_output=True, text=True, timeout=120)
-    plain = subprocess.run([sys.executable, "-c", probe, "plain"], capture_output=True, text=True, timeout=120)
+    quiet = subprocess.run([sys.executable, "-c", probe, "quiet"], capture_output=True, text=True, timeout=300)
+    plain = subprocess.run([sys.executable, "-c", probe, "plain"], capture_output=True, text=True, timeout=300)
     assert quiet.returncode == 0 and plain.returncode == 0, quiet.stderr + plain.stderr
     assert "SystemExit" in plain.stderr  # what the hook exists for: Python does print it by default
     assert "SystemExit" not in quiet.stderr

@@ -5,6 +5,7 @@ Each test runs the `leukotune` command as a user would and checks what is left i
 from __future__ import annotations
 
 import os
+import re
 import shutil
 import signal
 import subprocess
@@ -115,7 +116,7 @@ def test_ctrl_c_ends_the_study_cleanly_and_says_how_to_resume(tmp_path, env):
     uri = local_uri(tmp_path)
     assert driver.wait_for(r"trial \w+ epoch 1/6"), driver.finish()[-3000:]
     os.killpg(driver.pid, signal.SIGINT)  # what Ctrl-C in a terminal sends: the whole foreground group
-    output = driver.finish(timeout=120)
+    output = driver.finish(timeout=300)
     assert driver.process.returncode != 0
     assert "--resume" in output
     _, parents, children = trial_runs(uri, "sigint")
@@ -131,8 +132,8 @@ def test_killed_trial_worker_continues_from_its_checkpoint_in_the_same_run(tmp_p
     uri = local_uri(tmp_path)
     assert driver.wait_for(r"trial \w+ epoch 2/5"), driver.finish()[-3000:]
     # Only this study's own trial process: the PID its trial reported to Tune, and a descendant of our driver.
-    # Tune's result.json is written by a callback after the one that prints the epoch line: give it a moment.
-    assert wait_until(lambda: reported_trial_pids(tmp_path), 10)
+    # Tune's result.json is written by a callback after the one that prints the epoch line: wait for it.
+    assert wait_until(lambda: reported_trial_pids(tmp_path), 120)
     pids = reported_trial_pids(tmp_path)
     own = {child.pid for child in psutil.Process(driver.pid).children(recursive=True)}
     assert pids and pids <= own, (pids, own)
@@ -157,7 +158,7 @@ def test_mlflow_server_restart_mid_study_loses_no_metric(tmp_path, env):
     def start_server() -> subprocess.Popen:
         server = subprocess.Popen(server_cmd, cwd=tmp_path, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
                                   start_new_session=True)
-        assert wait_until(lambda: _healthy(port), 60), "mlflow server did not start"
+        assert wait_until(lambda: _healthy(port), 300), "mlflow server did not start"
         return server
 
     server = start_server()
@@ -169,7 +170,9 @@ def test_mlflow_server_restart_mid_study_loses_no_metric(tmp_path, env):
         assert driver.wait_for(r"trial \w+ epoch 1/6"), driver.finish()[-3000:]
         os.killpg(server.pid, signal.SIGKILL)
         server.wait()
-        time.sleep(6)  # epochs finish while the server is down
+        # The outage holds results the driver has not logged: a trial finished an epoch (its checkpoint is on disk,
+        # written by the trial) that the driver has not printed yet, as it waits for the server.
+        assert wait_until(lambda: epochs_on_disk(tmp_path) > epochs_printed(driver), 300), driver.lines[-20:]
         server = start_server()
         output = driver.finish(timeout=400)
         assert driver.process.returncode == 0, output[-3000:]
@@ -183,6 +186,19 @@ def test_mlflow_server_restart_mid_study_loses_no_metric(tmp_path, env):
         if driver.process.poll() is None:
             os.killpg(driver.pid, signal.SIGKILL)
         os.killpg(server.pid, signal.SIGTERM)
+
+
+def epochs_on_disk(workdir: Path) -> int:
+    """Epochs the study's trials have finished, read from the checkpoints each trial writes itself."""
+    finished = 0
+    for trial in workdir.glob(".leukotune/runs/*/tune_trial_*"):
+        indices = [int(c.name.rsplit("_", 1)[1]) for c in trial.glob("checkpoint_*")]
+        finished += max(indices) + 1 if indices else 0
+    return finished
+
+
+def epochs_printed(driver: StudyProcess) -> int:
+    return sum(bool(re.search(r"trial \w+ epoch \d+/", line)) for line in list(driver.lines))
 
 
 def _healthy(port: int) -> bool:

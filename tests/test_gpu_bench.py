@@ -83,7 +83,7 @@ def test_a_check_cut_off_keeps_the_rows_it_finished(tmp_path, bare_env):
     try:
         first = next(line for line in check.stdout if line.startswith("row "))
         check.send_signal(signal.SIGTERM)  # what bench/gpu.sh's `timeout` sends
-        check.communicate(timeout=120)
+        check.communicate(timeout=300)
     finally:
         if check.poll() is None:
             check.kill()

@@ -80,7 +80,7 @@ def test_unreachable_address_is_one_line_and_exit_2():
     with pytest.raises(jobs.ClusterError, match="unreachable"):
         jobs.connect(address)
     done = subprocess.run([LEUKOTUNE, "jobs", "status", "some-job", "--address", address], capture_output=True,
-                          text=True, timeout=120)
+                          text=True, timeout=300)
     assert done.returncode == 2
     assert done.stderr.startswith("error: Ray dashboard at") and "unreachable" in done.stderr
     assert len(done.stderr.strip().splitlines()) == 1 and "Traceback" not in done.stderr
@@ -229,7 +229,7 @@ def test_failing_job_ends_failed_with_exit_1(client, working_dir):
 def test_stop_ends_a_running_job(client, working_dir):
     job_id = jobs.submit(client, "python -c \"import time; print('started', flush=True); time.sleep(300)\"",
                          working_dir, {}, jobs.submission_id("stops"))
-    assert jobs.stop_job(client, job_id, wait_s=60) == "STOPPED"
+    assert jobs.stop_job(client, job_id, wait_s=300) == "STOPPED"
 
 
 @pytest.mark.slow
@@ -256,17 +256,17 @@ def test_wrong_or_missing_token_is_one_clear_line(ray_head, monkeypatch, tmp_pat
 def test_cli_jobs_status_logs_and_wrong_token(ray_head, client, working_dir, tmp_path):
     cluster, token_file = ray_head
     job_id = jobs.submit(client, "echo cli-check", working_dir, {}, jobs.submission_id("cli"))
-    jobs.wait_for_terminal(client, job_id, timeout_s=120)
+    jobs.wait_for_terminal(client, job_id, timeout_s=300)
     env = {**cluster.env, "RAY_AUTH_TOKEN_PATH": str(token_file)}
     env.pop("RAY_AUTH_MODE")  # a user's shell: only the token is known
     status = subprocess.run([LEUKOTUNE, "jobs", "status", job_id, "--address", cluster.dashboard_url],
-                            capture_output=True, text=True, env=env, timeout=120)
+                            capture_output=True, text=True, env=env, timeout=300)
     assert status.returncode == 0 and "status:     SUCCEEDED" in status.stdout
     logs = subprocess.run([LEUKOTUNE, "jobs", "logs", job_id, "--address", cluster.dashboard_url, "--follow"],
-                          capture_output=True, text=True, env=env, timeout=120)
+                          capture_output=True, text=True, env=env, timeout=300)
     assert logs.returncode == 0 and "cli-check" in logs.stdout
     env["RAY_AUTH_TOKEN"] = "wrong-token"
     wrong = subprocess.run([LEUKOTUNE, "jobs", "status", job_id, "--address", cluster.dashboard_url],
-                           capture_output=True, text=True, env=env, timeout=120)
+                           capture_output=True, text=True, env=env, timeout=300)
     assert wrong.returncode == 2 and len(wrong.stderr.strip().splitlines()) == 1
     assert "rejected the authentication token" in wrong.stderr and "wrong-token" not in wrong.stderr

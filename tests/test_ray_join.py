@@ -29,7 +29,7 @@ from conftest import SMOKE, TINY, free_port, run_leukotune, sets
 
 TINY_STUDY = [*TINY, "tune.num_samples=1", "tune.max_concurrent=1", "train.epochs=1"]
 # A hang guard, not a speed target: the command must end on its own well before this.
-HANG_GUARD_S = 300
+HANG_GUARD_S = 600
 
 
 @pytest.fixture
@@ -183,7 +183,7 @@ def start_head(ray_tmpdir: Path) -> tuple[subprocess.Popen, str]:
             f"--temp-dir={ray_tmpdir / 'ray'}", *(f"{flag}={port}" for flag, port in ports.items())]
     head = subprocess.Popen(args, env={**os.environ, "RAY_TMPDIR": str(ray_tmpdir)}, stdout=subprocess.DEVNULL,
                             stderr=subprocess.DEVNULL, start_new_session=True)
-    deadline = time.monotonic() + 180
+    deadline = time.monotonic() + 300
     while time.monotonic() < deadline and head.poll() is None:
         address, _ = recorded_address()
         if address and probe(address, timeout_s=1.0) is None:

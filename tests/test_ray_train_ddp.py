@@ -28,7 +28,7 @@ def test_two_workers_shard_validation_and_survive_a_killed_worker(tmp_path, env,
                        tmp_path, env)
     try:
         # Epoch 2's line: by then the controller has taken epoch 1's report and checkpoint from the worker.
-        assert run.wait_for(r"epoch +2 .*train_loss", limit_s=300), "".join(run.lines)[-3000:]
+        assert run.wait_for(r"epoch +2 .*train_loss"), "".join(run.lines)[-3000:]
         line = next(line for line in run.lines if re.search(r"epoch +2 .*train_loss", line))
         worker = int(re.search(r"pid=(\d+)", line).group(1))  # Ray prefixes worker output with its pid
         os.kill(worker, signal.SIGKILL)
