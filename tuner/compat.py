@@ -34,7 +34,7 @@ def canonical_gcs_address(address: str) -> str | None:
 def ask_gcs_cluster_id(endpoint: str, timeout_s: float) -> None:
     """Ask the GCS at `host:port` for its cluster id; `grpc.RpcError` when nothing answers as a GCS in time."""
     from ray._private.gcs_utils import create_gcs_channel
-    from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest
+    from ray.core.generated.gcs_service_pb2 import GetClusterIdRequest  # type: ignore[attr-defined]  # protobuf
     from ray.core.generated.gcs_service_pb2_grpc import NodeInfoGcsServiceStub
 
     channel = create_gcs_channel(endpoint)
@@ -47,7 +47,7 @@ def ask_gcs_cluster_id(endpoint: str, timeout_s: float) -> None:
 def ray_auth_token() -> str | None:
     """The Ray authentication token the environment names now (RAY_AUTH_TOKEN, RAY_AUTH_TOKEN_PATH,
     ~/.ray/auth_token), whatever RAY_AUTH_MODE says; None or "" when there is none."""
-    from ray._raylet import AuthenticationTokenLoader
+    from ray._raylet import AuthenticationTokenLoader  # type: ignore[attr-defined]  # compiled, no stub for it
 
     loader = AuthenticationTokenLoader.instance()
     loader.reset_cache()  # the loader caches per process; read what the environment says now
@@ -127,4 +127,4 @@ def restore_mlflow_process_uris(saved: tuple[str | None, str | None]) -> None:
     from mlflow.tracking._model_registry import utils as registry_utils
     from mlflow.tracking._tracking_service import utils as tracking_utils
 
-    tracking_utils._tracking_uri, registry_utils._registry_uri = saved
+    tracking_utils._tracking_uri, registry_utils._registry_uri = saved  # type: ignore[assignment]  # declared None

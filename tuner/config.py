@@ -9,6 +9,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from collections.abc import Collection, Sequence
 from typing import Annotated, Any, Literal
 
 import yaml
@@ -34,7 +35,7 @@ class StudyFileNotFoundError(FileNotFoundError):
     """--config names a file that is not there."""
 
 
-def _one_of(value: Any, allowed: list[str] | tuple[str, ...]) -> Any:
+def _one_of(value: Any, allowed: Collection[str]) -> Any:
     if value not in allowed:
         raise ValueError(f"choose one of {', '.join(map(str, allowed))}")
     return value
@@ -285,7 +286,7 @@ def _type_hint(error_type: str, value: Any) -> str:
     return f" ({hint})" if hint else ""
 
 
-def _yaml_kind(value: Any) -> str | None:
+def _yaml_kind(value: Any) -> str:
     if isinstance(value, bool):
         return "boolean"
     if isinstance(value, (int, float)):
@@ -296,7 +297,7 @@ def _yaml_kind(value: Any) -> str | None:
         except ValueError:
             return "text"
         return "quoted number"
-    return None
+    return "other"
 
 
 def _accepted(section: tuple) -> str:
@@ -355,7 +356,7 @@ def apply_overrides(raw: dict[str, Any], overrides: list[str]) -> dict[str, Any]
     return merged
 
 
-def load_study(path: str | Path | None, overrides: list[str] = (), data_path: str | None = None) -> StudyConfig:
+def load_study(path: str | Path | None, overrides: Sequence[str] = (), data_path: str | None = None) -> StudyConfig:
     """Read a study YAML (or defaults), apply overrides, validate every value."""
     raw: dict[str, Any] = {}
     if path is not None:
