@@ -83,9 +83,9 @@ def test_a_worker_told_to_exit_during_garbage_collection_prints_no_traceback():
     the user's console. Trial processes drop exactly that, and still print any other exception raised there."""
     probe = textwrap.dedent("""
         import gc, sys, weakref
-        from leukotune.tuner.train.ray_train import quiet_worker_process
+        from leukotune.tuner.process import configure_process
         if sys.argv[1] == "quiet":
-            quiet_worker_process()
+            configure_process("worker")
         class Cell: pass
         def finalizer(error):
             def callback(_ref):

@@ -2,11 +2,11 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 from typing import Callable
 
 from leukotune.tuner.cli import data, errors, models, server, studies
+from leukotune.tuner.process import configure_process
 
 Handler = Callable[[argparse.Namespace], int]
 
@@ -44,10 +44,9 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    # Read by Ray when it is imported: the autoscaler's events ("Adding 2 node(s) of type gpu_worker") would reach
-    # every driver's console; a study's own waiting line says how many workers are up.
-    os.environ.setdefault("RAY_SCHEDULER_EVENTS", "0")
     args = build_parser().parse_args(argv)
+    # Before any handler imports Ray, which reads some of the variables set here when it is imported.
+    configure_process("tune" if args.command == "tune" else "cli")
     handler = COMMANDS[args.command]
     return errors.friendly_errors(lambda: handler(args))
 

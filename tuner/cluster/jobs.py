@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import logging
 import os
 import re
 import shlex
@@ -28,7 +27,7 @@ from ray.job_submission import JobSubmissionClient
 
 from leukotune.tuner.cluster.ray_cluster import ClusterError, gcs_endpoint, probe
 from leukotune.tuner.cluster.shipped_code import VERSION_ENV, ShippedCode, ship
-from leukotune.tuner.compat import RAY_UPLOAD_LOGGERS, ray_auth_token
+from leukotune.tuner.compat import ray_auth_token
 from leukotune.tuner.config import StudyConfig
 from leukotune.tuner.tracking.client import redact
 
@@ -195,9 +194,6 @@ def submit(client: JobSubmissionClient, entrypoint: str, working_dir: Path, env:
            metadata: dict[str, str] | None = None, code: ShippedCode | None = None) -> str:
     """Upload the working_dir (minus the excludes) and the staged code, if any, and start the entrypoint on the head;
     returns the job id. Ray uploads both before `submit_job` returns: the staging folder may go afterwards."""
-    # Ray logs each default-excluded folder and ignore file it meets; the summary printed before is enough.
-    for name in RAY_UPLOAD_LOGGERS:
-        logging.getLogger(name).setLevel(logging.ERROR)
     runtime_env: dict[str, Any] = {"working_dir": str(working_dir.expanduser().resolve()),
                                    "excludes": list(WORKING_DIR_EXCLUDES)}
     if code is not None:
@@ -279,9 +275,6 @@ def follow(client: JobSubmissionClient, job_id: str, out: TextIO = sys.stdout) -
     `tail_job_logs` is an async generator over a websocket: run it in its own event loop. The socket closes when
     the job ends; the status is then polled, since the stream can close a moment before the status is final.
     """
-
-    # Ray's SDK logs every websocket close at INFO; the job's own output is what the user follows.
-    logging.getLogger("ray.dashboard.modules.job.sdk").setLevel(logging.WARNING)
 
     async def tail() -> None:
         async for chunk in client.tail_job_logs(job_id):

@@ -128,8 +128,6 @@ def init_ray(address: str | None, env: dict[str, str], log: Callable[[str], None
         return ray.get_runtime_context()
     choice = choose_cluster(address, log)
     log(choice.describe())
-    # Tune warns on every fast checkpoint cadence; a few-second epoch is normal here, not a bottleneck.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     runtime_env = {"env_vars": env}
     if choice.source == PRIVATE:
         # "local", not None: None would make Ray read the `ray start` record (or RAY_ADDRESS) again.

@@ -11,9 +11,9 @@ import torch
 from leukotune.tuner.config import build_study
 from leukotune.tuner.evaluation.inference import TrainedModel, probabilities
 from leukotune.tuner.evaluation.intervals import metrics_with_intervals
+from leukotune.tuner.process import configure_process
 from leukotune.tuner.train.data_source import prepare_study_data
 from leukotune.tuner.train.ray_sessions import assigned_device
-from leukotune.tuner.train.ray_train import quiet_worker_process
 
 BATCH_SIZE = 128
 
@@ -41,7 +41,7 @@ def _scoring_device() -> torch.device:
 def score_checkpoints(bests: list[dict[str, Any]], seed: int = 0) -> list[dict[str, float] | str]:
     """Score each best checkpoint in turn; a failure comes back as its one-line reason, so one bad trial does not
     cost the others their numbers. One task for all: each extra worker process would import torch again."""
-    quiet_worker_process()
+    configure_process("worker")
     scored: list[dict[str, float] | str] = []
     for best in bests:
         try:

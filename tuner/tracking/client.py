@@ -23,9 +23,6 @@ from mlflow.tracking import MlflowClient
 
 from leukotune.tuner.tracking.postgres import connection_problem, is_postgres
 
-# Progress bars from artifact uploads would interleave with the study's per-epoch lines.
-os.environ.setdefault("MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR", "false")
-
 TAG_STUDY = "leukotune.study_id"
 TAG_TRIAL = "leukotune.trial_id"
 TAG_KIND = "leukotune.kind"

@@ -115,13 +115,15 @@ def log_winner(tracker: Tracker, run_id: str, winner: dict[str, Any], metric: st
 
 def log_optuna_plots(tracker: Tracker, run_id: str, plan) -> None:
     """Optimisation history, parameter importances and parallel coordinates from the study's Optuna storage."""
-    warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
-    warnings.filterwarnings("ignore", message="Target and region quantiles")
-
-    study = load_optuna_study(plan.directory)
-    for name, figure in optuna_figures(study, plan.study.tune.metric, log=tracker.log).items():
-        tracker.log_figure(run_id, figure, f"optuna/{name}.png")
-        plt.close(figure)
+    with warnings.catch_warnings():
+        # Optuna flags its plots and importances experimental, and says when a study is too small for its importance
+        # evaluator to tell parameters apart: nothing a user can act on, in every study's log.
+        warnings.filterwarnings("ignore", category=optuna.exceptions.ExperimentalWarning)
+        warnings.filterwarnings("ignore", message="Target and region quantiles")
+        study = load_optuna_study(plan.directory)
+        for name, figure in optuna_figures(study, plan.study.tune.metric, log=tracker.log).items():
+            tracker.log_figure(run_id, figure, f"optuna/{name}.png")
+            plt.close(figure)
 
 
 def optuna_figures(study: optuna.Study, metric: str, log: Callable[[str], None] = print) -> dict[str, Figure]:

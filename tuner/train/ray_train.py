@@ -1,8 +1,6 @@
 """Ray Train: run the shared training loop in TorchTrainer workers (DDP over `resources.workers`)."""
 from __future__ import annotations
 
-import logging
-import sys
 from pathlib import Path
 from typing import Any
 
@@ -13,32 +11,15 @@ from ray.tune.integration.ray_train import TuneReportCallback
 
 from leukotune.tuner.cluster.trial_resources import TrialResources
 from leukotune.tuner.config import StudyConfig, build_study
+from leukotune.tuner.process import configure_process
 from leukotune.tuner.train.loop import run_training
 from leukotune.tuner.train.ray_sessions import TrainSession
 
 
-def quiet_worker_process() -> None:
-    """Quiet what a trial or Train worker process would send to the driver's console with nothing to act on."""
-    # Ray logs every checkpoint it persists at INFO; the driver already prints one line per trial epoch.
-    for name in ("ray.train", "ray.tune"):
-        logging.getLogger(name).setLevel(logging.WARNING)
-    sys.unraisablehook = _drop_exit_raised_in_a_finalizer
-
-
-def _drop_exit_raised_in_a_finalizer(unraisable) -> None:
-    # Ray stops an idle worker with SIGTERM, and its handler raises SystemExit in whatever frame runs at that
-    # moment. When that is a garbage-collection callback, Python prints "Exception ignored in ... SystemExit" with a
-    # traceback, and Ray forwards it to the user's console after the study's last line, though the worker only did
-    # as it was told. Every other unraisable exception is still printed.
-    if isinstance(unraisable.exc_value, SystemExit):
-        return
-    sys.__unraisablehook__(unraisable)
-
-
 def worker_loop(config: dict[str, Any]) -> None:
     """Entry point on every Ray Train worker: rebuild the typed config, then run the one training loop."""
+    configure_process("worker")
     study = build_study(config["study"])
-    quiet_worker_process()
     torch.set_num_threads(TrialResources.from_dict(config["resources"]).cpus_per_worker)
     session = TrainSession()
     run_training(study, session, log=print if session.world_rank == 0 else (lambda _msg: None))

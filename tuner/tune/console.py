@@ -1,4 +1,4 @@
-"""Everything `leukotune tune` and `leukotune train` print: leukotune's own lines and nothing of Ray's chatter.
+"""Everything `leukotune tune` and `leukotune train` print (Ray's own chatter is kept off by tuner/process.py).
 
 A study prints its data and sides, one plain line per trial event (started, epoch, stopped early, finished, failed),
 and on a terminal a live status line under them (tqdm draws it and writes event lines above it); not on a terminal
@@ -7,43 +7,18 @@ come the leaderboard and where MLflow holds the records. A training run prints i
 """
 from __future__ import annotations
 
-import logging
-import os
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from typing import Any, TextIO
 
 from tqdm import tqdm
 
 from leukotune.data import CLASS_NAMES
-from leukotune.tuner.compat import RAY_AUTH_TOKEN_LOGGER
 from leukotune.tuner.metrics import is_better
 from leukotune.tuner.tracking.client import redact, training_view_url
 
-TOKEN_LOGGER = RAY_AUTH_TOKEN_LOGGER
-SLOW_STEP_LOGGER = "ray.tune.utils.util"  # `warn_if_slow`: "... may be a performance bottleneck"
 STATUS_REFRESH_S = 1.0
-
-
-def quiet_ray_console() -> None:
-    """Silence what Ray, Tune and MLflow print on their own; call before `ray.init` and `Tuner.fit`.
-
-    Ray 2.60's new output engine (`ray.tune.experimental.output`) prints the "Configuration for experiment" box,
-    "View detailed results here" and the TensorBoard hint at every verbosity, even `RunConfig(verbose=0)`; the old
-    engine (`RAY_AIR_NEW_OUTPUT=0`, read by `get_air_verbosity` in `tune.run`) prints nothing at verbosity 0.
-    """
-    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
-    # The notice that token authentication is on (the safe default, which leukotune keeps) is dropped; the warning
-    # that it is off is not.
-    logging.getLogger(TOKEN_LOGGER).addFilter(_drop_token_enabled_notice)
-    # Tune times its own steps and warns past 0.5 s, read from TUNE_WARN_THRESHOLD_S when ray.tune is imported
-    # (too early to set here). On a busy 2-core node that is every few trials, and nothing a user can act on.
-    logging.getLogger(SLOW_STEP_LOGGER).addFilter(_drop_slow_step_warning)
-    logging.getLogger("mlflow.store.db.utils").setLevel(logging.WARNING)  # "Creating initial MLflow database tables"
-    # Optuna's parallel-coordinate plot when every trial scored the same; the plot is still logged.
-    warnings.filterwarnings("ignore", message="Attempting to set identical low and high ylims")
 
 
 def changing_line(stream: TextIO | None = None) -> Callable[..., None]:
@@ -63,14 +38,6 @@ def changing_line(stream: TextIO | None = None) -> Callable[..., None]:
         shown.update(text=text, width=len(text))
 
     return show
-
-
-def _drop_token_enabled_notice(record: logging.LogRecord) -> bool:
-    return not str(record.msg).startswith("Token authentication is enabled")
-
-
-def _drop_slow_step_warning(record: logging.LogRecord) -> bool:
-    return "may be a performance bottleneck" not in str(record.msg)
 
 
 class StudyConsole:

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import os
-import signal
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
 from typing import Any, Callable
@@ -34,7 +33,7 @@ from leukotune.tuner.tracking import (
 )
 from leukotune.tuner.tracking.parent_run import rank_rows
 from leukotune.tuner.tune.checkpoint_view import ForgetMissingCheckpoints
-from leukotune.tuner.tune.console import StudyConsole, changing_line, quiet_ray_console
+from leukotune.tuner.tune.console import StudyConsole, changing_line
 from leukotune.tuner.tune.events import StopWhenNodeUnfit, StudyEvents, attach, detach
 from leukotune.tuner.tune.holdout import add_test_scores, score_top_trials
 from leukotune.tuner.tune.packing import check_packing, probe_gpu_memory
@@ -84,9 +83,7 @@ def build_tuner(plan: StudyPlan, callbacks: list, placement: Placement):
     """A new Tuner, or on resume the saved one (which brings back its searcher state and our callbacks)."""
 
     study = plan.study
-    # Tune's own result logs: JSON only (result.json per trial, for reading a trial without MLflow). Its CSV and
-    # TensorBoard copies cost the event loop a write per result, and leukotune's record is MLflow.
-    os.environ.setdefault("TUNE_DISABLE_AUTO_CALLBACK_LOGGERS", "1")
+    # Tune's own result logs: JSON only (its CSV and TensorBoard copies are off, see tuner/process.py).
     callbacks = [*callbacks, JsonLoggerCallback()]
     trainable = tune.with_resources(
         tune.with_parameters(tune_trial, study_dict={**study.to_dict(), "storage_path": str(plan.directory)},
@@ -124,12 +121,6 @@ class StudyOutcome:
         return cls(**{field.name: saved.get(field.name) for field in fields(cls)})
 
 
-def forward_sigterm_to_tune() -> None:
-    # `ray job stop` and schedulers send SIGTERM; Tune stops gracefully (state saved) on SIGUSR1/SIGINT only.
-    if hasattr(signal, "SIGUSR1"):
-        signal.signal(signal.SIGTERM, lambda *_: os.kill(os.getpid(), signal.SIGUSR1))
-
-
 def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], None] = print) -> StudyOutcome:
     """Run (or resume) the study end to end; every MLflow run is closed whatever happens."""
 
@@ -142,7 +133,6 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
     # Workers inherit the tracking URI; inside a Ray Job it already arrives through the job's runtime_env, and Ray
     # refuses the same variable set twice.
     worker_env = {} if os.environ.get("MLFLOW_TRACKING_URI") == uri else {"MLFLOW_TRACKING_URI": uri}
-    quiet_ray_console()
     # Ray first: a cluster that does not answer, or cannot hold a trial, stops the study before its parent run
     # exists (no half-written run).
     context = init_ray(address, worker_env, log=log)
@@ -166,7 +156,6 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
                              log_models=study.tracking.log_models, log=console.log, mode=study.tune.mode,
                              after_finish=lambda trial: prune_finished_trial(trial, recorder.trials, study.tune.metric,
                                                                              study.tune.mode, keep))
-    forward_sigterm_to_tune()
     complete, stopped = False, None
     test_scores: dict[str, dict[str, float]] = {}
     live = attach(plan.study_id, recorder, console)

@@ -12,7 +12,8 @@ from leukotune.tuner.cluster.trial_resources import TrialResources
 from leukotune.tuner.config import build_study, replace_train
 from leukotune.tuner.train.loop import run_training
 from leukotune.tuner.train.ray_sessions import TuneSession
-from leukotune.tuner.train.ray_train import quiet_worker_process, train_in_tune_trial
+from leukotune.tuner.process import configure_process
+from leukotune.tuner.train.ray_train import train_in_tune_trial
 
 
 def tune_trial(config: dict[str, Any], study_dict: dict[str, Any], resources: dict[str, Any],
@@ -21,11 +22,11 @@ def tune_trial(config: dict[str, Any], study_dict: dict[str, Any], resources: di
 
     `shared_marker`: a file the driver wrote in the study's folder; a trial on a node that cannot see it stops the
     study at once (its checkpoints would land where the driver never looks)."""
+    configure_process("worker")
     study = replace_train(build_study(study_dict), config)
     storage = Path(study_dict["storage_path"])
     if shared_marker:
         verify_shared_storage(Path(shared_marker))
-    quiet_worker_process()
     decided = TrialResources.from_dict(resources)
     torch.set_num_threads(decided.cpus_per_worker)
     if decided.runtime == "ray_train":
