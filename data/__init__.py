@@ -2,8 +2,14 @@
 preprocess them for a model (the same for training and serving: `preprocess.py`).
 
 Only numpy, Pillow, torch, PyYAML and the standard library are used here (never ray or mlflow), so this package
-is testable in a second and usable outside a cluster.
+is testable in a second and usable outside a cluster. The torch Dataset (`dataset.py`) loads on first use: reading
+and checking a folder (`leukotune data check`) needs no torch.
 """
+from __future__ import annotations
+
+from importlib import import_module
+from typing import TYPE_CHECKING, Any
+
 from .cache import CachedImages as CachedImages
 from .cache import default_cache_dir as default_cache_dir
 from .cache import load_cached_images as load_cached_images
@@ -18,9 +24,6 @@ from .cnmc import Manifest as Manifest
 from .cnmc import SkippedFile as SkippedFile
 from .cnmc import load_manifest as load_manifest
 from .cnmc import parse_cell_name as parse_cell_name
-from .dataset import CellDataset as CellDataset
-from .dataset import channel_stats as channel_stats
-from .dataset import collate_batch as collate_batch
 from .errors import DatasetError as DatasetError
 from .errors import ImageError as ImageError
 from .images import probe_image as probe_image
@@ -37,3 +40,16 @@ from .splits import SPLIT_METHODS as SPLIT_METHODS
 from .splits import Split as Split
 from .splits import split_records as split_records
 from .synth import write_synthetic_dataset as write_synthetic_dataset
+
+if TYPE_CHECKING:
+    from .dataset import CellDataset as CellDataset
+    from .dataset import channel_stats as channel_stats
+    from .dataset import collate_batch as collate_batch
+
+_LAZY = {"CellDataset": "dataset", "channel_stats": "dataset", "collate_batch": "dataset"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(import_module(f"{__name__}.{_LAZY[name]}"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")

@@ -3,19 +3,23 @@ and the rot90/flip variants.
 
 Training (CellDataset, the device pipeline's DeviceSplit), the test side, `leukotune predict` and
 `leukotune evaluate` all call these; a second copy is how training and serving drift apart.
+
+torch is imported where a tensor is handled: reading and checking images (`leukotune data check`) loads none of it.
 """
 from __future__ import annotations
 
-from typing import Sequence, TypeVar
+from typing import TYPE_CHECKING, Sequence, TypeVar
 
 import numpy as np
-import torch
 from PIL import Image
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = ["AUGMENTATIONS", "COLOR_CHANNELS", "ROTATIONS", "Normalization", "apply_variants", "augmentation_factor",
            "channels_for", "check_augment", "fit_image", "input_channels", "variant", "variant_maps"]
 
-Array = TypeVar("Array", np.ndarray, torch.Tensor)
+Array = TypeVar("Array", np.ndarray, "torch.Tensor")
 
 COLOR_CHANNELS = {"rgb": 3, "gray": 1}
 # Variants per image: rotations by k * 90 degrees, optionally after a horizontal flip. A cell has no canonical
@@ -128,9 +132,11 @@ class Normalization:
         Multiply, then add (not a fused addcmul): the same two roundings as `numpy`, so the values agree.
         """
         scale, shift = self._constants(images.device)
-        return images.to(torch.float32).mul_(scale).add_(shift)
+        return images.float().mul_(scale).add_(shift)
 
     def _constants(self, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        import torch
+
         if device not in self._on_device:
             self._on_device[device] = (torch.from_numpy(self.scale).to(device), torch.from_numpy(self.shift).to(device))
         return self._on_device[device]
@@ -152,13 +158,15 @@ def augmentation_factor(augment: str, materialize: bool) -> int:
 def variant(images: Array, v: int) -> Array:
     """Variant `v` (0-7) of a (..., H, W) image or batch, a numpy array or a tensor: flip W when v >= 4, then
     rotate by (v % 4) * 90 degrees. Variants 0-3 are the plain rotations."""
-    if isinstance(images, torch.Tensor):
-        return torch.rot90(images.flip(-1) if v >= 4 else images, v % 4, dims=(-2, -1))
-    return np.rot90(images[..., ::-1] if v >= 4 else images, v % 4, axes=(-2, -1))
+    if isinstance(images, np.ndarray):
+        return np.rot90(images[..., ::-1] if v >= 4 else images, v % 4, axes=(-2, -1))
+    return (images.flip(-1) if v >= 4 else images).rot90(v % 4, dims=(-2, -1))
 
 
 def variant_maps(size: int, device: torch.device | str = "cpu") -> torch.Tensor:
     """(8, size*size) source pixel of every output pixel for each `variant`: applying one is a single gather."""
+    import torch
+
     grid = torch.arange(size * size, device=device).view(size, size)
     return torch.stack([variant(grid, v).reshape(-1) for v in range(8)])
 

@@ -52,9 +52,11 @@ def test_only_the_tables_handlers_import_when_they_run():
                 assert not inner, f"{path.name}: {node.name} imports inside (line {inner[0].lineno})"
 
 
-@pytest.mark.parametrize("args", [["--help"], ["tune", "--help"], ["weights", "fetch", "--help"]],
+@pytest.mark.parametrize("args", [["--help"], ["tune", "--help"], ["weights", "fetch", "--help"], ["data", "check"]],
                          ids=lambda args: " ".join(args))
-def test_help_loads_no_ray_mlflow_or_torch(args):
+def test_help_and_data_check_load_no_ray_mlflow_or_torch(args, synthetic_dataset):
+    if args == ["data", "check"]:
+        args = [*args, str(synthetic_dataset)]
     script = ("import sys\nfrom leukotune.tuner.cli import main\n"
               "try:\n    code = main(sys.argv[1:])\nexcept SystemExit as exc:\n    code = exc.code\n"
               f"print('loaded', code, *[m for m in {HEAVY!r} if m in sys.modules], file=sys.stderr)")
