@@ -14,8 +14,8 @@ Handler = Callable[[argparse.Namespace], int]
 # order.
 GROUPS = (data, studies, models, server)
 
-# Every command and the function that runs it. The group modules import only the standard library at the top: a
-# handler imports what it needs (Ray, MLflow, torch) in its first lines, when it runs, so `leukotune --help` and
+# Every command and the function that runs it. The group modules import only the standard library and
+# tuner/cli/errors.py at the top: a handler imports what it needs (Ray, MLflow, torch) in its first lines, when it runs, so `leukotune --help` and
 # `leukotune data check` load none of them.
 COMMANDS: dict[str, Handler] = {
     "data synth": data.synth,
@@ -45,7 +45,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    # Before any handler imports Ray, which reads some of the variables set here when it is imported.
+    # Before any handler imports Ray, which reads some of the variables set here when it is imported; a study's
+    # driver also hands SIGTERM to Tune.
     configure_process("tune" if args.command == "tune" else "cli")
     handler = COMMANDS[args.command]
     return errors.friendly_errors(lambda: handler(args))
