@@ -1,9 +1,9 @@
-"""leukotune's networks: a registry of builders (the paper's CNN and frozen ImageNet backbones) and optimisers.
+"""leukotune's networks: a registry of builders (the paper's CNN and ImageNet backbones) and optimisers.
 
 Importing the package registers every model. Only torch, torchvision and the standard library are used here.
 """
 from . import cnn as cnn  # noqa: F401  (registers "cnn")
-from . import transfer as transfer  # noqa: F401  (registers "resnet50", "mobilenet_v2")
+from . import transfer as transfer  # noqa: F401  (registers resnet50, mobilenet_v2, efficientnet_b0/b1, convnext_tiny)
 from .cnn import build_cnn as build_cnn
 from .optim import UnknownOptimizerError as UnknownOptimizerError
 from .optim import build_optimizer as build_optimizer

@@ -1,7 +1,8 @@
-"""Transfer models: a torchvision ImageNet backbone, frozen, under the paper's small trainable head."""
+"""Transfer models: a torchvision ImageNet backbone, frozen or partly fine-tuned, under the paper's small head."""
 from __future__ import annotations
 
 import os
+from collections.abc import Collection
 from dataclasses import dataclass
 from typing import Callable
 
@@ -11,23 +12,38 @@ from torch import nn
 from .registry import MAX_IMAGE_SIZE, MIN_IMAGE_SIZE, check_choice, check_range, register_model
 from .weights import IMAGENET_MEAN, IMAGENET_STD, load_backbone_weights
 
-__all__ = ["TransferNet", "build_mobilenet_v2", "build_resnet50"]
+__all__ = [
+    "TransferNet",
+    "build_convnext_tiny",
+    "build_efficientnet_b0",
+    "build_efficientnet_b1",
+    "build_mobilenet_v2",
+    "build_resnet50",
+]
 
 WeightsArg = str | os.PathLike[str] | None
 
-# Every BatchNorm torch has (all of torch's private `_BatchNorm`), so a SyncBatchNorm conversion for DDP is covered
-# too; tests/test_compat.py fails when a torch release adds one that is not listed here.
+# Every BatchNorm torch has (all of torch's private `_BatchNorm`), SyncBatchNorm for DDP included: the layers whose
+# train mode overwrites pretrained state. TransferNet's rule (frozen subtrees in eval) no longer needs the list;
+# tests/test_compat.py still checks it against each torch release.
 BATCH_NORMS = (nn.BatchNorm1d, nn.BatchNorm2d, nn.BatchNorm3d, nn.SyncBatchNorm,
                nn.LazyBatchNorm1d, nn.LazyBatchNorm2d, nn.LazyBatchNorm3d)
 
 
 @dataclass(frozen=True)
 class _Arch:
-    """How to build one torchvision backbone and where its unfreezable blocks and classifier are."""
+    """How to build one torchvision backbone, which of its layers the head replaces, and its unfreezable blocks."""
 
     factory: str  # the builder's name in torchvision.models
+    # Dotted path of the ImageNet classifier layer(s) the paper's head replaces; what stays before it (ConvNeXt's
+    # final LayerNorm) is part of the backbone and of its weights file.
     classifier: str
-    blocks: Callable[[nn.Module], list[nn.Module]]
+    blocks: Callable[[nn.Module], list[nn.Module]]  # bottom to top: `unfreeze=N` trains the last N
+
+
+def _open_stages(features: nn.Sequential, stages: Collection[int]) -> list[nn.Module]:
+    """``features`` bottom to top, with the entries at ``stages`` (each a Sequential of blocks) opened into blocks."""
+    return [block for index, entry in enumerate(features) for block in (entry if index in stages else [entry])]
 
 
 _ARCHS: dict[str, _Arch] = {
@@ -39,17 +55,31 @@ _ARCHS: dict[str, _Arch] = {
         lambda net: [*net.layer1, *net.layer2, *net.layer3, *net.layer4],
     ),
     # Blocks are the 19 entries of `features`: the stem conv, 17 inverted residuals and the final 1x1 conv.
+    # Its classifier is Dropout + Linear: the head brings its own dropout.
     "mobilenet_v2": _Arch("mobilenet_v2", "classifier", lambda net: list(net.features)),
+    # Blocks, as for MobileNetV2, one MBConv at a time: the stem, the MBConv blocks of the 7 stages (B0: 16, B1: 23)
+    # and the final 1x1 conv, so 18 and 25. The classifier is Dropout + Linear, replaced whole.
+    "efficientnet_b0": _Arch("efficientnet_b0", "classifier", lambda net: _open_stages(net.features, range(1, 8))),
+    "efficientnet_b1": _Arch("efficientnet_b1", "classifier", lambda net: _open_stages(net.features, range(1, 8))),
+    # The classifier is LayerNorm2d + Flatten + Linear, and only the Linear is ImageNet's: the LayerNorm normalises
+    # the pooled features the pretrained network ends with, so it stays, as the topmost block. Below it: the stem,
+    # the 18 CNBlocks of the 4 stages (3+3+9+3) and the 3 downsampling layers between them, so 23 blocks.
+    "convnext_tiny": _Arch(
+        "convnext_tiny",
+        "classifier.2",
+        lambda net: [*_open_stages(net.features, (1, 3, 5, 7)), net.classifier[0]],
+    ),
 }
 
 
 class TransferNet(nn.Module):
-    """Backbone (pooled features) followed by the head; keeps frozen BatchNorm layers in eval mode.
+    """Backbone (pooled features) followed by the head; keeps the backbone's frozen parts in eval mode.
 
     Why eval: a frozen BatchNorm's running mean/var are part of the pretrained weights. In train mode it
     would normalise by the statistics of each small batch of stained blood cells and overwrite the ImageNet
     running stats with them, so the frozen features would drift and differ between training and evaluation,
-    and the head would learn on features it never sees at test time.
+    and the head would learn on features it never sees at test time. The same holds for the random layers inside
+    frozen blocks (EfficientNet's and ConvNeXt's stochastic depth would drop residual branches of a frozen block).
     """
 
     def __init__(self, backbone: nn.Module, head: nn.Module, in_channels: int) -> None:
@@ -59,13 +89,9 @@ class TransferNet(nn.Module):
         self.in_channels = in_channels
 
     def train(self, mode: bool = True) -> TransferNet:
-        """Set train/eval mode, except frozen BatchNorm layers, which always stay in eval mode."""
+        """Set train/eval mode, except the backbone's frozen parts, which always stay in eval mode."""
         super().train(mode)
-        for module in self.backbone.modules():
-            if isinstance(module, BATCH_NORMS) and not any(
-                p.requires_grad for p in module.parameters()
-            ):
-                module.eval()
+        _keep_frozen_parts_in_eval(self.backbone)
         return self
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -75,6 +101,30 @@ class TransferNet(nn.Module):
             # Grayscale is repeated to RGB (a view, no copy) so the pretrained 3-channel stem still applies.
             x = x.expand(-1, 3, -1, -1)
         return self.head(self.backbone(x))
+
+
+def _keep_frozen_parts_in_eval(module: nn.Module) -> None:
+    """Put every frozen subtree of ``module`` (parameters, none trainable) in eval mode, whole.
+
+    Whole subtrees, not single layers: the parameterless layers of a frozen block (stochastic depth, dropout) are
+    frozen with it, while those of a trainable block keep training as their block does.
+    """
+    for child in module.children():
+        params = list(child.parameters())
+        if params and not any(p.requires_grad for p in params):
+            child.eval()
+        else:
+            _keep_frozen_parts_in_eval(child)
+
+
+def _remove_classifier(backbone: nn.Module, path: str) -> int:
+    """Replace the ImageNet classifier at dotted ``path`` by an identity; returns the feature count it took."""
+    parent_path, _, name = path.rpartition(".")
+    parent = backbone.get_submodule(parent_path)
+    classifier = parent.get_submodule(name)
+    features = [m for m in classifier.modules() if isinstance(m, nn.Linear)][-1].in_features
+    setattr(parent, name, nn.Identity())
+    return features
 
 
 def _build_transfer(
@@ -111,10 +161,8 @@ def _build_transfer(
     check_range("unfreeze", unfreeze, 0, len(blocks))
     if unfreeze and not freeze:
         raise ValueError(f"{arch}: unfreeze={unfreeze} needs freeze=True (with freeze=False everything trains)")
-    old_classifier = getattr(backbone, spec.classifier)
-    features = [m for m in old_classifier.modules() if isinstance(m, nn.Linear)][-1].in_features
-    setattr(backbone, spec.classifier, nn.Identity())
-    load_backbone_weights(backbone, arch, weights)
+    features = _remove_classifier(backbone, spec.classifier)
+    load_backbone_weights(backbone, arch, weights, removed=spec.classifier)
 
     if freeze:
         backbone.requires_grad_(False)
@@ -166,5 +214,63 @@ def build_mobilenet_v2(
     """MobileNetV2 under the paper's head; ``unfreeze`` counts ``features`` entries (0-19) from the top."""
     return _build_transfer(
         "mobilenet_v2", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
+        in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+    )  # fmt: skip
+
+
+@register_model("efficientnet_b0", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def build_efficientnet_b0(
+    *,
+    weights: WeightsArg = None,
+    freeze: bool = True,
+    unfreeze: int = 0,
+    dropout: float = 0.2,
+    dense: int = 128,
+    in_channels: int = 3,
+    image_size: int = 224,
+    num_classes: int = 2,
+) -> TransferNet:
+    """EfficientNet-B0 under the paper's head; ``unfreeze`` counts blocks (0-18: stem, 16 MBConv, 1x1 conv)."""
+    return _build_transfer(
+        "efficientnet_b0", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
+        in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+    )  # fmt: skip
+
+
+@register_model("efficientnet_b1", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def build_efficientnet_b1(
+    *,
+    weights: WeightsArg = None,
+    freeze: bool = True,
+    unfreeze: int = 0,
+    dropout: float = 0.2,
+    dense: int = 128,
+    in_channels: int = 3,
+    image_size: int = 240,  # B1 was trained (and its weights evaluated) at 240 px, B0 at 224
+    num_classes: int = 2,
+) -> TransferNet:
+    """EfficientNet-B1 under the paper's head; ``unfreeze`` counts blocks (0-25: stem, 23 MBConv, 1x1 conv)."""
+    return _build_transfer(
+        "efficientnet_b1", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
+        in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+    )  # fmt: skip
+
+
+@register_model("convnext_tiny", mean=IMAGENET_MEAN, std=IMAGENET_STD)
+def build_convnext_tiny(
+    *,
+    weights: WeightsArg = None,
+    freeze: bool = True,
+    unfreeze: int = 0,
+    dropout: float = 0.2,
+    dense: int = 128,
+    in_channels: int = 3,
+    image_size: int = 224,
+    num_classes: int = 2,
+) -> TransferNet:
+    """ConvNeXt-Tiny under the paper's head; ``unfreeze`` counts blocks (0-23: stem, 18 CNBlocks, 3 downsamplings,
+    the final LayerNorm) from the top."""
+    return _build_transfer(
+        "convnext_tiny", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
         in_channels=in_channels, image_size=image_size, num_classes=num_classes,
     )  # fmt: skip

@@ -46,18 +46,20 @@ __all__ = [
 
 WEIGHTS_DIR_ENV = "LEUKOTUNE_WEIGHTS_DIR"
 
-# V2 is torchvision's best recipe for both; the file name and URL are read from the enum, not copied here.
+# torchvision's best recipe for each (V2 where there is one; EfficientNet-B0 and ConvNeXt-Tiny have only V1); the
+# file name and URL are read from the enum, not copied here.
 # Named, not imported: torchvision loads on first use (about a second per process that never needs it).
 _IMAGENET: dict[str, tuple[str, str]] = {
     "resnet50": ("ResNet50_Weights", "IMAGENET1K_V2"),
     "mobilenet_v2": ("MobileNet_V2_Weights", "IMAGENET1K_V2"),
+    "efficientnet_b0": ("EfficientNet_B0_Weights", "IMAGENET1K_V1"),
+    "efficientnet_b1": ("EfficientNet_B1_Weights", "IMAGENET1K_V2"),
+    "convnext_tiny": ("ConvNeXt_Tiny_Weights", "IMAGENET1K_V1"),
 }
-# What both enums' transforms normalise with, as constants so registering the models needs no torchvision;
-# tests/test_models.py checks them against `imagenet_normalization` (read from torchvision) for every arch.
+# What every enum's transforms normalise with, as constants so registering the models needs no torchvision;
+# tests/test_models_registry.py checks them against `imagenet_normalization` (read from torchvision) for every arch.
 IMAGENET_MEAN = (0.485, 0.456, 0.406)
 IMAGENET_STD = (0.229, 0.224, 0.225)
-# The original 1000-way ImageNet classifier; leukotune replaces it, so these keys are not loaded.
-_CLASSIFIER_PREFIXES = ("fc.", "classifier.")
 # Checkpoints saved by training scripts often wrap the tensors under one of these keys.
 _WRAPPER_KEYS = ("state_dict", "model")
 
@@ -180,16 +182,18 @@ def load_state_dict_file(path: Path) -> dict[str, torch.Tensor]:
     return obj
 
 
-def load_backbone_weights(backbone: nn.Module, arch: str, weights: str | os.PathLike[str] | None) -> Path | None:
-    """Load ``weights`` into a torchvision ``arch`` whose classifier was removed; returns the file used.
+def load_backbone_weights(backbone: nn.Module, arch: str, weights: str | os.PathLike[str] | None, *,
+                          removed: str) -> Path | None:
+    """Load ``weights`` into a torchvision ``arch`` whose ImageNet classifier (at dotted path ``removed``, e.g.
+    "fc") was replaced; returns the file used.
 
-    The file's classifier keys are dropped and everything else must match exactly (strict=True): a partial
-    load would silently leave random layers under a "pretrained" label.
+    The file's keys under ``removed`` (the 1000-way classifier) are dropped and everything else must match exactly
+    (strict=True): a partial load would silently leave random layers under a "pretrained" label.
     """
     path = resolve_weights_path(arch, weights)
     if path is None:
         return None
-    state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith(_CLASSIFIER_PREFIXES)}
+    state = {k: v for k, v in load_state_dict_file(path).items() if not k.startswith(f"{removed}.")}
     try:
         backbone.load_state_dict(state, strict=True)
     except RuntimeError as err:

@@ -12,7 +12,7 @@ from leukotune.tuner.cli.errors import EXIT_FAILED, EXIT_OK, EXIT_USAGE
 
 # Listed here rather than read from leukotune.models: building the parser for `--help` should not import torch.
 # tests/test_weights_fetch.py checks that this matches `imagenet_archs()`.
-ARCHS = ("mobilenet_v2", "resnet50")
+ARCHS = ("convnext_tiny", "efficientnet_b0", "efficientnet_b1", "mobilenet_v2", "resnet50")
 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
