@@ -99,7 +99,7 @@ def local_uri(workdir: Path) -> str:
 
 def study_runs(uri: str, experiment: str) -> tuple[MlflowClient, list, list]:
     """(client, parent runs, trial runs) of an experiment; empty lists when it does not exist yet."""
-    client = MlflowClient(tracking_uri=uri)
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     found = client.get_experiment_by_name(experiment)
     runs = client.search_runs([found.experiment_id], max_results=1000) if found else []
     return (client, [r for r in runs if r.data.tags.get("leukotune.kind") == "study"],
@@ -166,3 +166,29 @@ def require_postgres() -> Path:
             pytest.fail(f"{reason}; CI must have it")
         pytest.skip(reason)
     return POSTGRES_INITDB.parent
+
+
+# ------------------------------------------------------------------ no test leaves MLflow pointed elsewhere
+
+_MLFLOW_URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
+
+
+@pytest.fixture(autouse=True)
+def mlflow_process_uris_unchanged(request: pytest.FixtureRequest):
+    """A test that leaves MLflow's process-wide tracking or registry URI set (its setters also export them to
+    os.environ) sends every later in-process client that names only a tracking URI to another registry: CI saw
+    `promote` succeed and the next test's client not find the model. Fail the test that leaks it, and put it back."""
+    from leukotune.tuner import compat
+
+    before, env_before = compat.mlflow_process_uris(), {key: os.environ.get(key) for key in _MLFLOW_URI_ENV}
+    yield
+    after, env_after = compat.mlflow_process_uris(), {key: os.environ.get(key) for key in _MLFLOW_URI_ENV}
+    compat.restore_mlflow_process_uris(before)
+    for key, value in env_before.items():
+        if value is None:
+            os.environ.pop(key, None)
+        else:
+            os.environ[key] = value
+    if (after, env_after) != (before, env_before):
+        pytest.fail(f"{request.node.nodeid} left MLflow's process-wide URIs changed: {before} -> {after}, "
+                    f"environment {env_before} -> {env_after}")

@@ -11,6 +11,7 @@ import contextlib
 import importlib
 import inspect
 import logging
+import os
 import shutil
 from importlib.metadata import version
 from pathlib import Path
@@ -200,11 +201,15 @@ def test_mlflow_process_uris_are_read_and_put_back_unset(monkeypatch, tmp_path):
             mlflow.set_registry_uri(uri)
             assert compat.mlflow_process_uris() == (uri, uri)
             compat.restore_mlflow_process_uris((None, None))
-            monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)  # the setters export it too
-            monkeypatch.delenv("MLFLOW_REGISTRY_URI", raising=False)
+            # The setters export both to os.environ too. Not monkeypatch.delenv here: it would put this test's
+            # store back into the environment at teardown, and every later test's client would use its registry.
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
             assert str(tmp_path) not in mlflow.get_tracking_uri()  # unset again: MLflow's default
         finally:
             compat.restore_mlflow_process_uris(before)
+            os.environ.pop("MLFLOW_TRACKING_URI", None)
+            os.environ.pop("MLFLOW_REGISTRY_URI", None)
 
 
 # ---------------------------------------------------------------- torch

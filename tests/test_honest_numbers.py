@@ -38,7 +38,8 @@ def study(tmp_path_factory) -> dict:
     env.pop("RAY_ADDRESS", None)
     result = _cli(["tune", "--config", str(SMOKE), *[a for v in STUDY for a in ("--set", v)]], workdir, env)
     assert result.returncode == 0, result.stdout[-3000:] + result.stderr[-3000:]
-    client = MlflowClient(tracking_uri=f"sqlite:///{workdir / '.leukotune' / 'mlflow.db'}")
+    uri = f"sqlite:///{workdir / '.leukotune' / 'mlflow.db'}"
+    client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     runs = client.search_runs([client.get_experiment_by_name(EXPERIMENT).experiment_id], max_results=1000)
     parent = next(r for r in runs if r.data.tags.get("leukotune.kind") == "study")
     children = [r for r in runs if r.data.tags.get("leukotune.kind") == "trial"]

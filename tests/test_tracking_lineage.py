@@ -8,6 +8,7 @@ from mlflow.tracking import MlflowClient
 
 from leukotune.tuner.preflight import DataSummary
 from leukotune.tuner.tracking.client import EXPERIMENT_KIND_TRAINING, TAG_EXPERIMENT_KIND, Tracker
+from leukotune.tuner.registry.model_uris import process_tracking_uri
 from leukotune.tuner.tracking.datasets import log_dataset_inputs, run_dataset_inputs, study_dataset_inputs
 from leukotune.tuner.tracking.parent_run import LEADERBOARD_TABLE, leaderboard_frame, log_leaderboard_table, log_winner
 
@@ -43,13 +44,9 @@ def tracker(uri) -> Tracker:
 
 def load_table(tracker: Tracker, run_id: str):
     """`mlflow.load_table` as a user calls it (it searches runs through the fluent API's tracking URI)."""
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(tracker.uri)
-    try:
+    with process_tracking_uri(tracker.uri):  # and back to unset after, environment included
         mlflow.set_experiment(experiment_id=tracker.experiment_id)
         return mlflow.load_table(LEADERBOARD_TABLE, run_ids=[run_id])
-    finally:
-        mlflow.set_tracking_uri(previous)
 
 
 def test_experiments_open_in_the_training_view_when_created_and_when_reused(uri):
