@@ -1,8 +1,10 @@
 """leukotune's wiring: data and models to Ray Train, Ray Tune, Optuna and MLflow, and the `leukotune` command.
 
-Subpackages, by what happens there: `train/` (the one training loop, checkpoints, metrics, where it runs),
-`tune/` (a study: plan, trainable, searcher and scheduler), `tracking/` (MLflow runs and artifacts),
-`registry/` (promote, predict), `cluster/` (joining Ray, Ray Jobs, the MLflow server), `cli/` (the command).
-`config.py` is the one schema of a study and `space.py` the search space; `preflight.py` checks both, the
-storage, the weights and the data before Ray starts. docs/architecture.md has the map.
+Subpackages, by what happens there: `train/` (the one training loop, checkpoints, where it runs), `tune/` (a study:
+plan, search space, searcher and scheduler, trainable, console), `tracking/` (MLflow runs and artifacts),
+`evaluation/` (judging a trained model: inference, the test side, predict, evaluate), `registry/` (promote and the
+model card), `cluster/` (the cluster's shape, a trial's resources, storage, Ray Jobs, the MLflow server), `cli/`
+(the command). `config.py` is the one schema of a study; `preflight.py` checks the storage, the weights and the data
+before Ray starts; `process.py` sets each entry point's process state; `compat.py` holds other libraries' private
+names. docs/architecture.md has the map.
 """
