@@ -11,7 +11,7 @@ import numpy as np
 from .cache import load_cached_images
 from .cnmc import CLASS_NAMES, CellRecord, Manifest, SkippedFile, load_manifest
 from .errors import DatasetError
-from .splits import split_records
+from .splits import cross_validation_folds, split_records
 
 __all__ = ["PreparedData", "manifest_fingerprint", "prepare_data", "split_subjects"]
 
@@ -35,6 +35,16 @@ class PreparedData:
     test_idx: np.ndarray = field(default_factory=lambda: np.zeros(0, dtype=np.int64))
     test_source: str = "none"  # prelim (the C-NMC preliminary test folder), subjects (set aside) or none
     split: str = "subject"
+    # Cross-validation: each fold's validation side (its training side is every other non-test index). Empty for
+    # one split; with folds, train_idx/val_idx are fold 0's, so every count and summary still reads one split.
+    folds: list[np.ndarray] = field(default_factory=list)
+
+    def fold_sides(self) -> list[tuple[np.ndarray, np.ndarray]]:
+        """(train, val) indices of each fold, or the one split's."""
+        if not self.folds:
+            return [(self.train_idx, self.val_idx)]
+        every = np.concatenate(self.folds)
+        return [(np.setdiff1d(every, val), val) for val in self.folds]
 
 
 def manifest_fingerprint(manifest: Manifest) -> str:
@@ -51,10 +61,12 @@ def manifest_fingerprint(manifest: Manifest) -> str:
 
 def prepare_data(root: str | os.PathLike[str], *, size: int, color: str, split: str = "subject",
                  val_fraction: float = 0.2, seed: int = 0, val_fold: str | None = None,
-                 cache_dir: str | os.PathLike[str] | None = None, test_fraction: float = 0.0) -> PreparedData:
+                 cache_dir: str | os.PathLike[str] | None = None, test_fraction: float = 0.0,
+                 cv_folds: int = 0) -> PreparedData:
     """Index `root`, decode its images once (cached), split them (see `split_records`; the preliminary test folder,
-    when present, is the test side whatever `test_fraction`); raise DatasetError if any side of the split lacks a
-    class, so a study fails in seconds instead of after an epoch."""
+    when present, is the test side whatever `test_fraction`); with `cv_folds` >= 2, the non-test cells in that many
+    folds (see `cross_validation_folds`); raise DatasetError if any side of the split lacks a class, so a study
+    fails in seconds instead of after an epoch."""
     manifest = load_manifest(root)
     cached = load_cached_images(manifest.records, size, color, cache_dir)
     skipped = manifest.skipped + cached.skipped
@@ -64,12 +76,18 @@ def prepare_data(root: str | os.PathLike[str], *, size: int, color: str, split: 
     records = [manifest.records[i] for i in cached.kept]
     parts = split_records(records, split, val_fraction=val_fraction, seed=seed, val_fold=val_fold,
                           test_fraction=test_fraction)
+    folds: list[np.ndarray] = []
+    if cv_folds:
+        non_test = np.sort(np.concatenate([parts.train, parts.val]))
+        folds = cross_validation_folds(records, non_test, cv_folds, split, seed)
+        parts.train, parts.val = np.setdiff1d(non_test, folds[0]), folds[0]
     counts = _split_counts(cached.labels, parts.train, parts.val, parts.test)
     _require_both_classes(counts, split, manifest.root)
     return PreparedData(
         images=cached.images, labels=cached.labels, subjects=np.array([r.subject for r in records], dtype=str),
         train_idx=parts.train, val_idx=parts.val, skipped=skipped, fingerprint=manifest_fingerprint(manifest),
         counts=counts, records=records, test_idx=parts.test, test_source=parts.test_source, split=split,
+        folds=folds,
     )
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from .cnmc import CLASS_NAMES, PRELIM_FOLD, CellRecord, fold_sort_key
 from .errors import DatasetError
 
-__all__ = ["SPLIT_METHODS", "Split", "split_records"]
+__all__ = ["SPLIT_METHODS", "Split", "cross_validation_folds", "split_records"]
 
 
 def _no_indices() -> np.ndarray:
@@ -169,3 +169,63 @@ SPLIT_METHODS: dict[str, Callable[[Sequence[CellRecord], float, np.random.Genera
     "image": _by_image,
     "fold": None,  # no fraction or randomness: handled by _fold_mask
 }
+
+
+_FOLD_STREAM = 11  # folds draw from their own stream: the same folds whatever else the seed drives
+
+
+def cross_validation_folds(records: Sequence[CellRecord], indices: np.ndarray, folds: int, method: str = "subject",
+                           seed: int = 0) -> list[np.ndarray]:
+    """`folds` validation sides over `indices` (the non-test records), each a sorted index array; every index
+    lands in exactly one. ``subject``: whole patients, dealt per class to the fold holding the fewest of that
+    class's cells so far (stratified and patient-disjoint). ``fold``: C-NMC's own numbered folds, which must number
+    `folds`. ``image``: each class's cells dealt round the folds (patients leak across folds, as in the paper)."""
+    indices = np.sort(np.asarray(indices, dtype=np.int64))
+    kept = [records[i] for i in indices]
+    if method == "fold":
+        assignment = _fold_assignment(kept, folds)
+    else:
+        rng = np.random.default_rng([seed, _FOLD_STREAM])
+        assignment = (_patient_assignment if method == "subject" else _image_assignment)(kept, folds, rng)
+    return [indices[assignment == fold] for fold in range(folds)]
+
+
+def _patient_assignment(records: Sequence[CellRecord], folds: int, rng: np.random.Generator) -> np.ndarray:
+    cells, by_class = _subjects_by_class(records)
+    assignment = np.full(len(records), -1, dtype=np.int64)
+    for label in sorted(by_class):
+        subjects = by_class[label]
+        if len(subjects) < folds:
+            raise DatasetError(f"{folds}-fold cross-validation by patient needs {folds} {CLASS_NAMES[label]} "
+                               f"subjects outside the test side (one per fold); found {len(subjects)}; use fewer "
+                               f"folds (data.cv_folds) or a smaller data.test_fraction")
+        # Largest patients first (shuffled among equals), each to the fold with fewest cells of its class so far:
+        # folds come out near equal in cells as well as in patients.
+        order = sorted(rng.permutation(len(subjects)), key=lambda i: -len(cells[subjects[i]]))
+        held = np.zeros(folds, dtype=np.int64)
+        for i in order:
+            fold = int(np.argmin(held))
+            assignment[cells[subjects[i]]] = fold
+            held[fold] += len(cells[subjects[i]])
+    return assignment
+
+
+def _image_assignment(records: Sequence[CellRecord], folds: int, rng: np.random.Generator) -> np.ndarray:
+    labels = np.array([r.label for r in records], dtype=np.int64)
+    assignment = np.zeros(len(records), dtype=np.int64)
+    for label in np.unique(labels):
+        members = rng.permutation(np.flatnonzero(labels == label))
+        if len(members) < folds:
+            raise DatasetError(f"{folds}-fold cross-validation by image needs {folds} {CLASS_NAMES[label]} cells; "
+                               f"found {len(members)}")
+        assignment[members] = np.arange(len(members)) % folds
+    return assignment
+
+
+def _fold_assignment(records: Sequence[CellRecord], folds: int) -> np.ndarray:
+    numbered = sorted({r.fold for r in records}, key=fold_sort_key)
+    if len(numbered) != folds:
+        raise DatasetError(f"data.split: fold cross-validates over C-NMC's own folds, and these cells are in "
+                           f"{len(numbered)} ({', '.join(numbered) or 'none'}); set data.cv_folds={len(numbered)}")
+    position = {fold: number for number, fold in enumerate(numbered)}
+    return np.array([position[r.fold] for r in records], dtype=np.int64)

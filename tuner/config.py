@@ -78,8 +78,19 @@ class DataConfig(_Section):
     test_fraction: float = Field(0.2, ge=0.0, le=0.9)
     seed: int = 0
     cache_dir: str | None = None
+    # Cross-validation inside every trial: K folds of the non-test patients (stratified by class), K models trained
+    # side by side and scored by their mean; the trial's model is their ensemble. 0: one train/validation split.
+    # With split: fold the folds are C-NMC's own (K must be their number); with split: image, folds of cells.
+    cv_folds: int = Field(0, ge=0, le=20)
 
     _split = field_validator("split")(lambda v: _one_of(v, SPLIT_METHODS))
+
+    @field_validator("cv_folds")
+    @classmethod
+    def _no_single_fold(cls, value: int) -> int:
+        if value == 1:
+            raise ValueError("use 0 for one train/validation split, or 2 or more folds")
+        return value
 
     @field_validator("val_fold", mode="before")
     @classmethod
@@ -241,6 +252,15 @@ class StudyConfig(_Section):
     tune: SearchConfig = Field(default_factory=SearchConfig)
     tracking: TrackingConfig = Field(default_factory=TrackingConfig)
 
+    @model_validator(mode="after")
+    def _folds_train_in_one_process(self) -> StudyConfig:
+        # A cross-validated trial trains its K fold models side by side in one process; K models under DDP would
+        # need K process groups in step. Packing trials on GPUs gives the same throughput without it.
+        if self.data.cv_folds and self.resources.workers > 1:
+            raise ValueError(f"data.cv_folds={self.data.cv_folds} trains the fold models in one process; use "
+                             f"resources.workers=1 (pack trials with resources.gpus_per_trial instead)")
+        return self
+
 
 def build_study(values: dict[str, Any] | None) -> StudyConfig:
     """A typed study from a loose dict (a YAML file, a saved config, a worker's payload); ConfigError if bad."""
@@ -259,6 +279,8 @@ def _one_line(exc: ValidationError) -> str:
     if first["type"] == "extra_forbidden":
         section = ".".join(str(part) for part in first["loc"][:-1])
         text = f"unknown config key {key}; accepted under '{section or '<top>'}': {_accepted(first['loc'][:-1])}"
+    elif isinstance(first.get("input"), dict):  # a rule across keys of a section: its message names them
+        text = message if key == "<top>" else f"{key}: {message}"
     else:
         text = f"{key}={first.get('input')!r} is not allowed: {message}{_type_hint(first['type'], first.get('input'))}"
     more = len(errors) - 1

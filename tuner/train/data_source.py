@@ -45,4 +45,4 @@ def prepare_study_data(study: StudyConfig) -> PreparedData:
     data = study.data
     return prepare_data(resolve_data_root(data), size=study.train.image_size, color=study.train.color,
                         split=data.split, val_fraction=data.val_fraction, seed=data.seed, val_fold=data.val_fold,
-                        cache_dir=data.cache_dir, test_fraction=data.test_fraction)
+                        cache_dir=data.cache_dir, test_fraction=data.test_fraction, cv_folds=data.cv_folds)
