@@ -70,6 +70,7 @@ from torch.utils.data import DataLoader  # noqa: E402
 from leukotune.data import CellDataset, collate_batch  # noqa: E402
 from leukotune.models import build_optimizer, get_model  # noqa: E402
 from leukotune.tuner.train.checkpoints import BEST_FILE, STATE_FILE, CheckpointFolder, frozen_digest  # noqa: E402
+from leukotune.tuner.train.folds import FoldModel  # noqa: E402
 from leukotune.tuner.train.loop import (  # noqa: E402
     LoopState,
     class_weight_tensor,
@@ -335,8 +336,10 @@ def checkpoint_row(ctx: Context, model, optimizer, digest, label: str, epoch_sec
         folder = CheckpointFolder(Path(tmp))
         meta = {"model_name": "resnet50", "model_kwargs": {}, "preprocessing": {}, "config": {}, "epoch": 1,
                 "metrics": {}}
-        with_best = write_epoch_checkpoint(folder, model, optimizer, LoopState(epoch=1), [], digest, meta)
-        state_only = write_epoch_checkpoint(folder, model, optimizer, LoopState(epoch=2), [], digest, None)
+        trial = [FoldModel(model, optimizer, loss_fn=nn.Identity(), train_batches=None, val_batches=None,
+                           train_samples=0, val_samples=0, frozen_digest=digest)]
+        with_best = write_epoch_checkpoint(folder, trial, LoopState(epoch=1), [], digest, meta)
+        state_only = write_epoch_checkpoint(folder, trial, LoopState(epoch=2), [], digest, None)
         sizes = {name: (Path(tmp) / name).stat().st_size / 2**20 for name in (STATE_FILE, BEST_FILE)}
     row = Row("checkpoint", f"resnet50 {label} checkpoint (state.pt {sizes[STATE_FILE]:.1f} MiB, "
               f"best.pt {sizes[BEST_FILE]:.1f} MiB)", seconds=state_only)

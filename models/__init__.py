@@ -5,6 +5,7 @@ Importing the package registers every model. Only torch, torchvision and the sta
 from . import cnn as cnn  # noqa: F401  (registers "cnn")
 from . import transfer as transfer  # noqa: F401  (registers resnet50, mobilenet_v2, efficientnet_b0/b1, convnext_tiny)
 from .cnn import build_cnn as build_cnn
+from .ensemble import FoldEnsemble as FoldEnsemble
 from .optim import UnknownOptimizerError as UnknownOptimizerError
 from .optim import build_optimizer as build_optimizer
 from .optim import list_optimizers as list_optimizers

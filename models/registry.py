@@ -13,6 +13,8 @@ from typing import Any, Callable, Iterable, Mapping, TypeVar
 import torch
 from torch import nn
 
+from .ensemble import FoldEnsemble
+
 __all__ = [
     "MAX_IMAGE_SIZE",
     "MIN_IMAGE_SIZE",
@@ -151,8 +153,10 @@ def get_model(name: str, **kwargs: Any) -> nn.Module:
     return entry.builder(**kwargs)
 
 
-def rebuild_network(name: str, model_kwargs: Mapping[str, Any], state: Mapping[str, Any]) -> nn.Module:
-    """A trained network from its registry name, its saved builder kwargs and its state dict, in eval mode.
+def rebuild_network(name: str, model_kwargs: Mapping[str, Any], state: Mapping[str, Any],
+                    ensemble_members: int = 0) -> nn.Module:
+    """A trained network from its registry name, its saved builder kwargs and its state dict, in eval mode;
+    with `ensemble_members` (a cross-validated trial's fold models), a `FoldEnsemble` of that many.
 
     Built from random initialisation, never from a weights file: the state dict carries every weight, and a model
     rebuilt years later on another machine must not look for ImageNet files.
@@ -160,7 +164,10 @@ def rebuild_network(name: str, model_kwargs: Mapping[str, Any], state: Mapping[s
     kwargs = dict(model_kwargs)
     if "weights" in kwargs:
         kwargs["weights"] = None
-    model = get_model(name, **kwargs)
+    if ensemble_members:
+        model: nn.Module = FoldEnsemble([get_model(name, **kwargs) for _ in range(ensemble_members)])
+    else:
+        model = get_model(name, **kwargs)
     model.load_state_dict(state)
     return model.eval()
 

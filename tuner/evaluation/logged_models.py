@@ -87,7 +87,8 @@ def state_dict_path(model_dir: Path, relative: str) -> Path:
 def build_network(meta: dict[str, Any], model_dir: Path) -> nn.Module:
     """Registry name + saved builder kwargs (no ImageNet download) + the state dict, read as plain tensors."""
     state = torch.load(state_dict_path(model_dir, meta["state_dict"]), map_location="cpu", weights_only=True)
-    return rebuild_network(meta["model_name"], meta["model_kwargs"], state)
+    return rebuild_network(meta["model_name"], meta["model_kwargs"], state,
+                           ensemble_members=int(meta.get("ensemble_members", 0)))
 
 
 def load_model(model_uri: str, tracking_uri: str) -> TrainedModel:

@@ -131,7 +131,8 @@ def save_model_files(best: dict[str, Any], logged, run_id: str, folder: Path) ->
         output = model(torch.from_numpy(example)).numpy()
     metadata = {"leukotune": {"preprocessing": prep, "model_name": best["model_name"],
                               "model_kwargs": best["model_kwargs"], "best_epoch": best["epoch"],
-                              "class_names": ["hem", "all"], "state_dict": f"extra_files/{STATE_DICT_FILE}"}}
+                              "class_names": ["hem", "all"], "state_dict": f"extra_files/{STATE_DICT_FILE}",
+                              "ensemble_members": int(best.get("ensemble_members", 0))}}
     weights = folder / STATE_DICT_FILE
     torch.save(model.state_dict(), weights)
     target = folder / "model"

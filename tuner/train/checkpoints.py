@@ -173,4 +173,5 @@ def load_history(checkpoint_dir: Path) -> list[dict[str, Any]]:
 
 def rebuild_model(best: dict[str, Any]) -> nn.Module:
     """The exact network of a best-epoch checkpoint (see `models.rebuild_network`)."""
-    return rebuild_network(best["model_name"], best["model_kwargs"], best["model"])
+    return rebuild_network(best["model_name"], best["model_kwargs"], best["model"],
+                           ensemble_members=best.get("ensemble_members", 0))

@@ -13,7 +13,7 @@ import random
 import tempfile
 import time
 from contextlib import contextmanager, nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Iterator, Protocol
 
@@ -35,6 +35,13 @@ from leukotune.tuner.train.checkpoints import (
     load_trainable_state,
     read_checkpoint_file,
     trainable_state,
+)
+from leukotune.tuner.train.folds import (
+    FoldModel,
+    combine_fold_metrics,
+    ensemble_state,
+    members_payload,
+    saved_members,
 )
 from leukotune.tuner.train.pipeline import Batches, DeviceSplit, on_device, resolve_pipeline, set_epoch
 
@@ -65,6 +72,7 @@ class LoopState:
     epoch: int = 0  # epochs completed
     best_value: float | None = None
     best_epoch: int = 0
+    best_spread: float | None = None  # the metric's spread over the folds at the best epoch (cross-validation)
 
 
 def seed_everything(seed: int) -> None:
@@ -117,18 +125,23 @@ def build_device_splits(study: StudyConfig, data, prep: dict[str, Any], session:
     return train_split, val_split
 
 
-def build_batches(study: StudyConfig, data, prep: dict[str, Any], session: Session, log=print
-                  ) -> tuple[Batches, Batches, str]:
-    """train.pipeline: the device-resident splits, or the DataLoaders when asked for or when they do not fit;
-    returns both splits and the pipeline chosen (`device` or `loader`)."""
-    split_bytes = (len(data.train_idx) + len(data.val_idx)) * int(np.prod(data.images.shape[1:]))
+def choose_pipeline(study: StudyConfig, data, session: Session, log=print) -> str:
+    """train.pipeline for every model of the trial: `device` (resident splits) unless asked for the loader or the
+    images of all its splits (each fold model holds its own) do not fit; else `loader`."""
+    split_bytes = sum(len(train) + len(val) for train, val in data.fold_sides()) * int(np.prod(data.images.shape[1:]))
     # Free memory differs between ranks; a rank on the loader and another on the device split would step through
     # different batch counts and wait in DDP's all-reduce until NCCL's timeout. Rank 0 decides for all.
     choice = rank0_decides(resolve_pipeline(study.train.pipeline, split_bytes, session.device()), session)
     log(f"input pipeline: {choice} (train.pipeline={study.train.pipeline}, {split_bytes / 2**20:.0f} MiB of images)")
+    return choice
+
+
+def build_batches(study: StudyConfig, data, prep: dict[str, Any], session: Session, choice: str
+                  ) -> tuple[Batches, Batches]:
+    """The train and validation batches of `data`'s split through the chosen pipeline."""
     if choice == "device":
-        return (*build_device_splits(study, data, prep, session), choice)
-    return (*build_loaders(study, data, prep, session), choice)
+        return build_device_splits(study, data, prep, session)
+    return build_loaders(study, data, prep, session)
 
 
 def describe_device(device: torch.device) -> str:
@@ -286,12 +299,12 @@ def _cpu_state(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu() for k, v in unwrap(model).state_dict().items()}
 
 
-def restore_state(session: Session, model: nn.Module, optimizer, digest: str | None, folder: CheckpointFolder | None,
+def restore_state(session: Session, folds: list[FoldModel], digest: str | None, folder: CheckpointFolder | None,
                   log) -> tuple[LoopState, list[dict]]:
     """Resume from the session's checkpoint if there is a good one; a corrupt one is reported and ignored.
 
-    `digest` is the frozen part of `model` as built (checked against a partial state); the checkpoint's best.pt is
-    copied as it is into `folder` (rank 0's), so later epochs report it until a better epoch replaces it.
+    `digest` is the frozen part of the network as built (checked against a partial state); the checkpoint's best.pt
+    is copied as it is into `folder` (rank 0's), so later epochs report it until a better epoch replaces it.
     """
     with session.restore_dir() as directory:
         if directory is None:
@@ -303,11 +316,17 @@ def restore_state(session: Session, model: nn.Module, optimizer, digest: str | N
         except (CheckpointError, RuntimeError, EOFError, OSError) as exc:
             log(f"WARNING: ignoring checkpoint {directory}: {exc}; restarting this trial from epoch 0")
             return LoopState(), []
+    members = saved_members(state)
+    if len(members) != len(folds):
+        raise CheckpointError(f"the checkpoint holds {len(members)} fold model(s) and this trial trains "
+                              f"{len(folds)}: it belongs to another data.cv_folds")
     # A checkpoint that reads fine but does not fit this network (or its frozen weights) is an error, not damage:
     # it fails the trial loudly instead of training on half-loaded weights.
-    load_trainable_state(unwrap(model), state, digest)
-    optimizer.load_state_dict(state["optimizer"])
-    loop = LoopState(epoch=state["epoch"], best_value=state.get("best_value"), best_epoch=state.get("best_epoch", 0))
+    for fold, member in zip(folds, members):
+        load_trainable_state(unwrap(fold.model), {**member, "frozen_sha256": state.get("frozen_sha256")}, digest)
+        fold.optimizer.load_state_dict(member["optimizer"])
+    loop = LoopState(epoch=state["epoch"], best_value=state.get("best_value"), best_epoch=state.get("best_epoch", 0),
+                     best_spread=state.get("best_spread"))
     log(f"resumed from checkpoint at epoch {loop.epoch}")
     return loop, list(state.get("history", []))
 
@@ -331,48 +350,75 @@ def _train(study: StudyConfig, session: Session, log) -> dict[str, Any]:
     device = session.device()
     configure_device(device)
     data = prepare_study_data(study)  # its test_idx is never read here: the test side waits for the search's end
-    prep = preprocessing_facts(study, data.images, data.train_idx)
+    # One normalisation for all of a trial's models (their ensemble is fed one way): the cells they train on.
+    prep = preprocessing_facts(study, data.images, np.concatenate([t for t, _ in data.fold_sides()]))
     kwargs = model_kwargs(train)
-    model = get_model(train.model, **kwargs)
-    digest = frozen_digest(model)  # on the host, as built: what a resumed partial state.pt must have had under it
-    model = model.to(device, memory_format=_memory_format(device))
-    model = compile_model(session.prepare_model(model), train.compile)  # after the DDP wrap
-    optimizer = build_optimizer(train.optimizer, model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
-    weight = class_weight_tensor(data.labels[data.train_idx], device) if train.class_weights else None
-    loss_fn = nn.CrossEntropyLoss(weight=weight)
-    train_loader, val_loader, pipeline = build_batches(study, data, prep, session, log)
+    pipeline = choose_pipeline(study, data, session, log)
+    folds = [build_fold_model(study, data, train_idx, val_idx, prep, kwargs, session, pipeline)
+             for train_idx, val_idx in data.fold_sides()]
+    if len(folds) > 1:
+        log(f"cross-validation: {len(folds)} fold models, each validated on its own patients")
+    digest = folds[0].frozen_digest
     metric, mode = study.tune.metric, study.tune.mode
-    distributed = session.world_size > 1
     # Only rank 0 writes checkpoints: with DDP every rank holds the same weights.
     with _checkpoint_folder(session) as folder:
-        loop, history = restore_state(session, model, optimizer, digest, folder, log)
+        loop, history = restore_state(session, folds, digest, folder, log)
         last: dict[str, Any] = history[-1] if history else {}
         for epoch in range(loop.epoch + 1, train.epochs + 1):
-            set_epoch(train_loader, epoch)
-            # Validation runs on the unwrapped model: DDP's forward would sync buffers across ranks whose shards
-            # differ in length; each rank scores its shard and validate(gather=True) joins them.
-            epoch_metrics = {"epoch": epoch,
-                             **train_one_epoch(model, train_loader, optimizer, loss_fn, device, gather=distributed),
-                             **validate(unwrap(model), val_loader, loss_fn, device, gather=distributed)}
+            epoch_metrics = {"epoch": epoch, **train_folds_one_epoch(folds, epoch, device, session.world_size > 1)}
             improved = is_better(epoch_metrics.get(metric), loop.best_value, mode)
             if improved:
                 loop.best_value, loop.best_epoch = epoch_metrics[metric], epoch
+                loop.best_spread = epoch_metrics.get(f"{metric}_std")
             loop.epoch = epoch
             history.append({k: v for k, v in epoch_metrics.items() if isinstance(v, (int, float))})
             last = {**epoch_metrics, "best_epoch": loop.best_epoch, f"best_{metric}": loop.best_value,
-                    "train_samples": int(len(data.train_idx)), "val_samples": int(len(data.val_idx)),
+                    **({f"best_{metric}_std": loop.best_spread} if loop.best_spread is not None else {}),
+                    "train_samples": folds[0].train_samples, "val_samples": folds[0].val_samples,
+                    "cv_folds": len(folds) if len(folds) > 1 else 0,
                     "data_fingerprint": data.fingerprint, "device": describe_device(device), "pipeline": pipeline}
             best = None
             if improved:
                 best = {"model_name": train.model, "model_kwargs": kwargs, "preprocessing": prep,
                         "config": study.to_dict(), "epoch": epoch, "metrics": history[-1]}
-            last["checkpoint_seconds"] = write_epoch_checkpoint(folder, model, optimizer, loop, history, digest, best)
+            last["checkpoint_seconds"] = write_epoch_checkpoint(folder, folds, loop, history, digest, best)
             session.report(last, folder.directory if folder is not None else None)
             log(format_epoch(last, metric))
             if train.stop_on_nan and rank0_decides(not math.isfinite(epoch_metrics["train_loss"]), session):
                 log(f"stopping: training loss is {epoch_metrics['train_loss']} at epoch {epoch}")
                 break
     return last
+
+
+def build_fold_model(study: StudyConfig, data, train_idx: np.ndarray, val_idx: np.ndarray, prep: dict[str, Any],
+                     kwargs: dict[str, Any], session: Session, pipeline: str) -> FoldModel:
+    """One model of the trial on its side of the data: built, placed, wrapped, compiled, with its optimiser, its
+    class-weighted loss and its batches."""
+    train, device = study.train, session.device()
+    model = get_model(train.model, **kwargs)
+    digest = frozen_digest(model)  # on the host, as built: what a resumed partial state.pt must have had under it
+    model = model.to(device, memory_format=_memory_format(device))
+    model = compile_model(session.prepare_model(model), train.compile)  # after the DDP wrap
+    optimizer = build_optimizer(train.optimizer, model.parameters(), lr=train.lr, weight_decay=train.weight_decay)
+    weight = class_weight_tensor(data.labels[train_idx], device) if train.class_weights else None
+    side = replace(data, train_idx=train_idx, val_idx=val_idx)
+    train_batches, val_batches = build_batches(study, side, prep, session, pipeline)
+    return FoldModel(model, optimizer, nn.CrossEntropyLoss(weight=weight), train_batches, val_batches,
+                     int(len(train_idx)), int(len(val_idx)), digest)
+
+
+def train_folds_one_epoch(folds: list[FoldModel], epoch: int, device: torch.device, distributed: bool
+                          ) -> dict[str, float]:
+    """An epoch of every model of the trial, then validation of each; their metrics combined into one report."""
+    per_fold = []
+    for fold in folds:
+        set_epoch(fold.train_batches, epoch)
+        # Validation runs on the unwrapped model: DDP's forward would sync buffers across ranks whose shards
+        # differ in length; each rank scores its shard and validate(gather=True) joins them.
+        per_fold.append({**train_one_epoch(fold.model, fold.train_batches, fold.optimizer, fold.loss_fn, device,
+                                           gather=distributed),
+                         **validate(unwrap(fold.model), fold.val_batches, fold.loss_fn, device, gather=distributed)})
+    return combine_fold_metrics(per_fold)
 
 
 @contextmanager
@@ -385,18 +431,24 @@ def _checkpoint_folder(session: Session) -> Iterator[CheckpointFolder | None]:
         yield CheckpointFolder(Path(tmp))
 
 
-def write_epoch_checkpoint(folder: CheckpointFolder | None, model, optimizer, loop: LoopState, history: list[dict],
-                           digest: str | None, best: dict[str, Any] | None) -> float:
-    """This epoch's files: state.pt (a frozen backbone left out), and best.pt only when this epoch is the new best.
-    Returns the seconds spent, reported beside the epoch's own."""
+def write_epoch_checkpoint(folder: CheckpointFolder | None, folds: list[FoldModel], loop: LoopState,
+                           history: list[dict], digest: str | None, best: dict[str, Any] | None) -> float:
+    """This epoch's files: state.pt (a frozen backbone left out), and best.pt only when this epoch is the new best
+    (a cross-validated trial's best.pt is the ensemble of its fold models). Returns the seconds spent, reported
+    beside the epoch's own."""
     if folder is None:
         return 0.0
     start = time.perf_counter()
-    if best is not None:
-        folder.write_best({"model": _cpu_state(model), **best})  # the whole network: export rebuilds from it alone
-    folder.write_state({"model": trainable_state(unwrap(model)), "frozen_sha256": digest,
-                        "optimizer": optimizer.state_dict(), "epoch": loop.epoch, "best_value": loop.best_value,
-                        "best_epoch": loop.best_epoch, "history": history})
+    if best is not None:  # the whole network: export rebuilds from it alone
+        if len(folds) == 1:
+            folder.write_best({"model": _cpu_state(folds[0].model), **best})
+        else:
+            folder.write_best({"model": ensemble_state([_cpu_state(f.model) for f in folds]),
+                               "ensemble_members": len(folds), **best})
+    members = [{"model": trainable_state(unwrap(f.model)), "optimizer": f.optimizer.state_dict()} for f in folds]
+    folder.write_state({**members_payload(members), "frozen_sha256": digest, "epoch": loop.epoch,
+                        "best_value": loop.best_value, "best_epoch": loop.best_epoch, "best_spread": loop.best_spread,
+                        "history": history})
     return time.perf_counter() - start
 
 

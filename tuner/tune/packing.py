@@ -9,6 +9,7 @@ the largest one, not the study file's defaults.
 from __future__ import annotations
 
 import itertools
+from dataclasses import replace
 from collections.abc import Callable
 from typing import Any
 
@@ -72,9 +73,19 @@ def resident_images(study: StudyConfig, split_images: int) -> int:
 
 def worst_case(study: StudyConfig, space: dict[str, Any], split_images: int) -> tuple[TrainConfig, MemoryEstimate]:
     """The sampled trial with the largest estimated peak memory, and its estimate."""
-    resident = resident_images(study, split_images)
-    estimates = [(train, estimate_trial_memory(train, resident)) for train in largest_trials(study, space)]
+    folds = max(1, study.data.cv_folds)
+    # Each fold model holds its own device copy of its train and validation cells: all non-test cells each.
+    resident = resident_images(study, split_images) * folds
+    estimates = [(train, with_fold_models(estimate_trial_memory(train, resident), folds))
+                 for train in largest_trials(study, space)]
     return max(estimates, key=lambda pair: pair[1].total)
+
+
+def with_fold_models(estimate: MemoryEstimate, folds: int) -> MemoryEstimate:
+    """A cross-validated trial keeps `folds` models, their gradients and optimiser states on its GPU; they train one
+    after another, so one model's activations are alive at a time."""
+    return replace(estimate, weights=estimate.weights * folds,
+                   gradients_and_optimizer=estimate.gradients_and_optimizer * folds)
 
 
 def check_packing(study: StudyConfig, space: dict[str, Any], resources: TrialResources, gpu_memory_bytes: int,
@@ -83,7 +94,8 @@ def check_packing(study: StudyConfig, space: dict[str, Any], resources: TrialRes
     train, estimate = worst_case(study, space, split_images)
     share = resources.gpus_per_worker * gpu_memory_bytes
     gib = 2**30
-    trial = f"{train.model} at batch {train.batch_size}, {train.image_size} px"
+    trial = f"{train.model} at batch {train.batch_size}, {train.image_size} px" + (
+        f", {study.data.cv_folds} fold models" if study.data.cv_folds else "")
     if estimate.total > share:
         raise ConfigError(
             f"resources.gpus_per_trial={resources.gpus_per_worker:g}: the largest trial the search can sample "
