@@ -77,6 +77,8 @@ class DataSummary:
     fingerprint: str
     split_method: str
     test_source: str  # prelim (the C-NMC preliminary test folder), subjects (set aside) or none
+    # Cross-validation: each fold's validation side, {"cells", "subjects", "all", "hem"}; empty for one split.
+    folds: tuple[dict[str, int], ...] = ()
 
     def cells_on(self, *sides: str) -> int:
         """Cells on the given sides together (e.g. `cells_on("train", "val")`)."""
@@ -107,4 +109,10 @@ def summarise_data(study: StudyConfig) -> DataSummary:
                        subjects=len(set(data.subjects.tolist())), split=data.counts,
                        split_subjects=split_subjects(data), skipped=tuple(data.skipped),
                        synthetic=not study.data.path, fingerprint=data.fingerprint, split_method=data.split,
-                       test_source=data.test_source)
+                       test_source=data.test_source, folds=tuple(_fold_counts(data)))
+
+
+def _fold_counts(data) -> list[dict[str, int]]:
+    return [{"cells": len(val), "subjects": len(set(data.subjects[val].tolist())),
+             "all": int((data.labels[val] == 1).sum()), "hem": int((data.labels[val] == 0).sum())}
+            for val in data.folds]

@@ -62,6 +62,7 @@ def model_card(client: MlflowClient, run: Run, model_name: str, ranked_by: str) 
     lines = [f"# {model_name}: ALL vs hem single-cell classifier", "",
              f"Study `{tags.get(TAG_STUDY, 'unknown')}`, trial `{tags.get(TAG_TRIAL, 'unknown')}`, run "
              f"`{run.info.run_id}`; chosen as the best by `{ranked_by}` (validation).", "",
+             *_cross_validation_lines(metrics, ranked_by),
              "## Data", "",
              f"- fingerprint `{fingerprint or 'unknown'}`; validation split `{params.get('data.split_method', '?')}`;"
              f" test side from `{params.get('data.test_source', '?')}` (always subject-disjoint)",
@@ -81,6 +82,17 @@ def model_card(client: MlflowClient, run: Run, model_name: str, ranked_by: str) 
              "- Images from another lab, stain or scanner may score very differently: check with "
              "`leukotune evaluate` on a labelled folder of your own before relying on it."]
     return "\n".join(lines) + "\n"
+
+
+def _cross_validation_lines(metrics: dict[str, float], ranked_by: str) -> list[str]:
+    folds = int(metrics.get("cv_folds") or 0)
+    if not folds:
+        return []
+    spread = metrics.get(f"{ranked_by}_std")
+    spread_text = f" (spread over the folds: {spread:.4f})" if spread is not None else ""
+    return [f"Selected by {folds}-fold cross-validation over the non-test patients: the validation numbers below "
+            f"are the mean of the {folds} folds{spread_text}. The model is the ensemble of the {folds} fold models "
+            f"(their class probabilities averaged); each saw the patients of the other folds.", ""]
 
 
 def _side_lines(params: dict[str, str], sides: dict[str, list[str]]) -> list[str]:

@@ -86,6 +86,9 @@ def leaderboard_frame(ranked: list[dict[str, Any]], metric: str) -> pd.DataFrame
     params = sorted({key for row in ranked for key in row.get("config", {})})
     rows = [{"rank": rank, "trial": row["trial_id"], "status": row["status"], "epochs": row.get("epochs"),
              "device": row.get("device"), f"best_{metric}": row.get("best"),
+             # a cross-validated study's spread over the folds beside the fold mean
+             **({f"best_{metric}_std": row.get("best_std")} if any(r.get("best_std") is not None for r in ranked)
+                else {}),
              # the top trials' test scores beside validation (a study without a test side has no such column)
              **({metric_on_test(metric): row.get("test")} if any("test" in r for r in ranked) else {}),
              **{key: row.get("config", {}).get(key) for key in params}}

@@ -227,5 +227,6 @@ def top_trials(trials: list, metric: str, mode: str, keep: int | str) -> list:
 def trial_summary(trial, metric: str) -> dict[str, Any]:
     result = getattr(trial, "last_result", None) or {}
     return {"trial_id": trial.trial_id, "status": trial.status, "config": dict(trial.config),
-            "epochs": result.get("epoch", 0), "best": result.get(f"best_{metric}"), "device": result.get("device"),
+            "epochs": result.get("epoch", 0), "best": result.get(f"best_{metric}"),
+            "best_std": result.get(f"best_{metric}_std"), "device": result.get("device"),
             "val_accuracy": result.get("val_accuracy"), "val_balanced_accuracy": result.get("val_balanced_accuracy")}

@@ -72,8 +72,11 @@ class StudyConsole:
 
     def trial_epoch(self, trial, result: dict) -> None:
         epoch = int(result.get("epoch", result.get("training_iteration", 0)))
+        spread = result.get(f"{self.metric}_std")
+        folds = f" ± {spread:.4f} over {result.get('cv_folds')} folds" if spread is not None else ""
         self.log(f"trial {trial.trial_id} epoch {epoch}/{self.epochs}  {self.metric} "
-                 f"{result.get(self.metric, float('nan')):.4f}  val_acc {result.get('val_accuracy', float('nan')):.4f}")
+                 f"{result.get(self.metric, float('nan')):.4f}{folds}  "
+                 f"val_acc {result.get('val_accuracy', float('nan')):.4f}")
 
     def trial_ended(self, trial, trials: list) -> None:
         self.trials = trials
@@ -176,11 +179,16 @@ def print_study_data(data) -> None:
     skipped = data.skipped
     print(f"data: {data.cells} cells of {data.subjects} subjects{' (synthetic)' if data.synthetic else ''}; "
           f"{len(skipped)} files skipped" + (f" (first: {skipped[0].path}: {skipped[0].reason})" if skipped else ""))
-    parts = [f"{side} {data.cells_on(side)} cells/{len(data.split_subjects.get(side, []))} subjects"
-             for side in ("train", "val", "test")]
+    sides = ("test",) if data.folds else ("train", "val", "test")
+    parts = [f"{side} {data.cells_on(side)} cells/{len(data.split_subjects.get(side, []))} subjects" for side in sides]
     source = {"prelim": "the C-NMC preliminary test folder", "subjects": "subjects set aside",
               "none": "none (data.test_fraction 0)"}.get(data.test_source, "?")
-    print(f"sides ({data.split_method} split): {', '.join(parts)}; test side: {source}")
+    if data.folds:
+        folds = ", ".join(f"{fold['cells']}/{fold['subjects']}" for fold in data.folds)
+        parts.insert(0, f"{len(data.folds)} validation folds of cells/subjects {folds} (each fold's model trains "
+                        f"on the others)")
+    method = f"{data.split_method} split" + (f", {len(data.folds)}-fold cross-validation" if data.folds else "")
+    print(f"sides ({method}): {', '.join(parts)}; test side: {source}")
 
 
 def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
@@ -189,14 +197,21 @@ def print_leaderboard(rows: list[dict[str, Any]], metric: str) -> None:
     print(f"  {'rank':<5}{'trial':<12}{'status':<12}{'epochs':<8}{metric:<18}{'test (95% CI)':<24}{'last_acc':<9}"
           f"{'device':<8}params")
     for rank, row in enumerate(rows, 1):
-        best = row.get("best")
-        best_text = f"{best:.4f}" if isinstance(best, (int, float)) else "-"
+        best_text = _best_text(row)
         acc = row.get("val_accuracy")
         acc_text = f"{acc:.4f}" if isinstance(acc, (int, float)) else "-"
         params = " ".join(f"{k}={_param(v)}" for k, v in row["config"].items())
         device = str(row.get("device") or "-").split(" ")[0]  # cuda:0, not the GPU's name
         print(f"  {rank:<5}{row['trial_id']:<12}{row['status']:<12}{row['epochs']!s:<8}{best_text:<18}"
               f"{_test_text(row):<24}{acc_text:<9}{device:<8}{params}")
+
+
+def _best_text(row: dict[str, Any]) -> str:
+    """The trial's best value; `mean ± spread` for a cross-validated trial."""
+    best, spread = row.get("best"), row.get("best_std")
+    if not isinstance(best, (int, float)):
+        return "-"
+    return f"{best:.4f} ± {spread:.3f}" if isinstance(spread, (int, float)) else f"{best:.4f}"
 
 
 def _test_text(row: dict[str, Any]) -> str:

@@ -92,7 +92,9 @@ def _log_winner(tracker: Tracker, parent_run_id: str, winner, scores: dict[str, 
     tracker.set_tags(parent_run_id, {TAG_TEST_WINNER: winner.trial_id})
     low, high = scores.get(f"{test_name}_ci95_low"), scores.get(f"{test_name}_ci95_high")
     interval = f" (95% CI by patient {low:.4f}-{high:.4f})" if low is not None and high is not None else ""
-    log(f"test side: trial {winner.trial_id} {metric} {_best_value(winner, metric):.4f} on validation, "
+    folds = (getattr(winner, "last_result", None) or {}).get("cv_folds")
+    where = f"validation (mean of {folds} folds)" if folds else "validation"
+    log(f"test side: trial {winner.trial_id} {metric} {_best_value(winner, metric):.4f} on {where}, "
         f"{test_name} {scores.get(test_name, float('nan')):.4f}{interval} on test"
         + (f"; selection gap {gap:+.4f}" if gap is not None else ""))
 

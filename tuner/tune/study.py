@@ -146,8 +146,11 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
     parent_run_id = open_parent(tracker, plan)
     save_plan(plan, parent_run_id)
     resources = placement.resources
+    folds = study.data.cv_folds
+    cost = (f"; each trial trains {folds} fold models side by side ({folds}x the compute of one split), scored by "
+            f"their mean" if folds else "")
     log(f"study {plan.study_id}: {study.tune.num_samples} trials, {placement.concurrency} at a time, "
-        f"runtime {resources.runtime}, metric {study.tune.metric} ({study.tune.mode})")
+        f"runtime {resources.runtime}, metric {study.tune.metric} ({study.tune.mode}){cost}")
     # The default `print` gets the console's own output (a live line on a terminal); any other `log` gets the lines.
     console = StudyConsole(study.tune.num_samples, study.tune.metric, study.tune.mode, study.train.epochs,
                            study.tune.scheduler, log=None if log is print else log)
