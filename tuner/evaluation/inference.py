@@ -33,6 +33,10 @@ class TrainedModel:
     class_names: list[str]
     model_name: str
     best_epoch: int | None
+    # Calibration and decision, fitted on the validation side after the search (1.0 and 0.5: as trained). The
+    # logits are divided by `temperature` before the softmax; a cell is called ALL when P(ALL) >= `threshold`.
+    temperature: float = 1.0
+    threshold: float = 0.5
 
     @classmethod
     def from_checkpoint(cls, best: dict[str, Any]) -> TrainedModel:
@@ -69,7 +73,7 @@ def probabilities(model: TrainedModel, images: np.ndarray, indices: np.ndarray |
         batch = torch.from_numpy(normalization.numpy(pixels)).to(device)
         views = [variant(batch, k) for k in range(ROTATIONS)] if tta else [batch]
         with autocast_for(device):
-            probs = [torch.softmax(model.network(view).float(), dim=1) for view in views]
+            probs = [torch.softmax(model.network(view).float() / model.temperature, dim=1) for view in views]
         mean = probs[0] if len(probs) == 1 else torch.stack(probs).mean(dim=0)
         out.append(mean[:, model.all_index].cpu().numpy())
     return np.concatenate(out) if out else np.zeros(0, dtype=np.float32)
