@@ -4,7 +4,15 @@ import math
 import numpy as np
 import pytest
 
-from leukotune.tuner.metrics import classification_metrics, confusion_matrix, roc_auc
+from leukotune.tuner.metrics import (
+    classification_metrics,
+    confusion_matrix,
+    format_value,
+    roc_auc,
+    split_undefined,
+    undefined_metrics,
+    undefined_reasons,
+)
 
 
 def test_confusion_matrix_rows_true_columns_predicted():
@@ -41,7 +49,71 @@ def test_roc_auc_cases(y_true, score, expected):
     assert roc_auc(np.array(y_true), np.array(score)) == pytest.approx(expected)
 
 
-def test_roc_auc_is_nan_with_one_class_and_precision_zero_without_predictions():
-    assert math.isnan(roc_auc(np.array([1, 1]), np.array([0.3, 0.7])))
-    m = classification_metrics(np.array([0, 1, 1]), np.array([0.9, 0.8, 0.7]))  # everything predicted ALL
-    assert m["precision_hem"] == 0.0 and m["recall_hem"] == 0.0
+def test_precision_of_a_class_never_called_is_undefined_not_zero():
+    m = classification_metrics(np.array([0, 1, 1]), np.array([0.9, 0.8, 0.7]))  # everything called ALL
+    assert math.isnan(m["precision_hem"]) and math.isnan(m["precision_macro"]) and math.isnan(m["precision_weighted"])
+    assert m["recall_hem"] == 0.0 and m["f1_hem"] == 0.0  # the one normal cell was there and was missed: 0 is right
+    assert m["precision_all"] == pytest.approx(2 / 3) and m["recall_all"] == 1.0
+    f1_all = 2 * 2 / (2 * 2 + 1 + 0)  # 2TP / (2TP + FP + FN)
+    assert m["f1_all"] == pytest.approx(f1_all) and m["f1_weighted"] == pytest.approx((1 * 0.0 + 2 * f1_all) / 3)
+    assert m["balanced_accuracy"] == pytest.approx(0.5) and m["roc_auc"] == pytest.approx(0.0)
+    reasons = undefined_reasons(confusion_matrix(np.array([0, 1, 1]), np.array([1, 1, 1])))
+    assert reasons == {name: "none of the 3 cells was called normal"
+                       for name in ("precision_hem", "precision_macro", "precision_weighted")}
+
+
+def test_a_cohort_of_one_class_leaves_what_needs_the_other_undefined():
+    # Three ALL cells, no normal one; at 0.5 one ALL cell is called hem: cm = [[0, 0], [1, 2]].
+    m = classification_metrics(np.array([1, 1, 1]), np.array([0.9, 0.4, 0.7]))
+    assert m["accuracy"] == pytest.approx(2 / 3) and m["recall_all"] == pytest.approx(2 / 3)
+    assert m["precision_all"] == 1.0 and m["precision_hem"] == 0.0  # one cell called normal, wrongly: defined
+    assert m["f1_all"] == pytest.approx(0.8) and m["f1_weighted"] == pytest.approx(0.8)  # 2*2 / (2*2 + 0 + 1)
+    assert m["precision_weighted"] == 1.0 and m["recall_weighted"] == pytest.approx(2 / 3)  # hem weighs nothing
+    undefined = {name for name, value in m.items() if isinstance(value, float) and math.isnan(value)}
+    assert undefined == {"recall_hem", "f1_hem", "balanced_accuracy", "roc_auc", "recall_macro", "f1_macro"}
+    reasons = undefined_reasons(confusion_matrix(np.array([1, 1, 1]), np.array([1, 0, 1])))
+    assert reasons["specificity"] == reasons["recall_hem"] == "no normal cells in this cohort"
+    assert reasons["roc_auc"] == "no normal cells in this cohort, and it needs both classes"
+    assert set(reasons) == undefined | {"specificity"}
+    assert undefined_reasons(np.zeros((2, 2)), unit="patients")["accuracy"] == "no patients in this cohort"
+
+
+def test_cells_are_called_at_the_threshold_given():
+    y, prob = np.array([0, 0, 1, 1]), np.array([0.2, 0.6, 0.7, 0.9])
+    assert classification_metrics(y, prob)["cm_true_hem_pred_all"] == 1
+    at_065 = classification_metrics(y, prob, threshold=0.65)
+    assert at_065["cm_true_hem_pred_all"] == 0 and at_065["accuracy"] == 1.0
+    assert math.isnan(classification_metrics(y, prob, threshold=0.95)["precision_all"])  # nothing called ALL
+
+
+def test_undefined_metrics_reads_the_reasons_from_the_counts_and_covers_intervals():
+    metrics = {f"test_{k}": v for k, v in classification_metrics(np.array([1, 1]), np.array([0.9, 0.8])).items()}
+    metrics.update(test_specificity=float("nan"), test_specificity_ci95_low=float("nan"), test_loss=float("nan"))
+    found = undefined_metrics(metrics, prefix="test_")
+    assert found["test_specificity_ci95_low"] == found["test_recall_hem"] == "no normal cells in this cohort"
+    assert found["test_precision_hem"] == "none of the 2 cells was called normal"
+    assert "test_loss" not in found and "test_recall_all" not in found  # unexplained NaN; defined value
+
+
+def test_undefined_values_read_as_undefined_with_their_reason():
+    assert format_value(float("nan"), "no normal cells in this cohort") == "undefined (no normal cells in this cohort)"
+    assert format_value(None) == "undefined" and format_value(0.0) == "0.0000" and format_value(3) == "3"
+
+
+def test_mlflow_gets_no_number_for_an_undefined_metric_but_a_tag_with_its_reason(tmp_path):
+    from mlflow.tracking import MlflowClient
+
+    from leukotune.tuner.tracking.client import Tracker
+
+    metrics = {"test_sensitivity": 0.5, "test_specificity": float("nan")}
+    defined, tags = split_undefined(metrics, {"test_specificity": "no normal cells in this cohort"})
+    assert defined == {"test_sensitivity": 0.5}
+    assert tags == {"leukotune.undefined.test_specificity": "no normal cells in this cohort"}
+    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
+    tracker = Tracker(uri, "undefined", log=lambda _msg: None)
+    run_id = tracker.create_run("trial", {})
+    tracker.log_metrics(run_id, defined, step=0)
+    tracker.set_tags(run_id, tags)
+    data = MlflowClient(tracking_uri=uri).get_run(run_id).data
+    assert data.metrics == {"test_sensitivity": 0.5}
+    assert data.tags["leukotune.undefined.test_specificity"] == "no normal cells in this cohort"

@@ -12,7 +12,7 @@ from leukotune.tuner.evaluation.intervals import (
     metrics_with_intervals,
     patient_bootstrap,
 )
-from leukotune.tuner.metrics import classification_metrics
+from leukotune.tuner.metrics import classification_metrics, undefined_metrics
 
 
 def _cohort(n_subjects: int = 20, cells: int = 100, seed: int = 0, subject_sd: float = 0.15):
@@ -82,3 +82,30 @@ def test_reports_the_same_metrics_as_validation_plus_counts() -> None:
         assert f"test_{name}" in metrics
     assert metrics["test_cells"] == 60 and metrics["test_subjects"] == 6
     assert metrics["test_sensitivity"] == metrics["test_recall_all"]
+
+
+def test_the_interval_is_taken_at_the_threshold_given() -> None:
+    # One hem subject: its specificity has no spread, so the interval is the point at whatever threshold is used.
+    y = np.array([0] * 10 + [1] * 30)
+    prob = np.concatenate([np.linspace(0.1, 0.7, 10), np.linspace(0.3, 0.9, 30)])
+    subjects = np.array(["H1"] * 10 + ["1"] * 10 + ["2"] * 10 + ["3"] * 10)
+    for threshold in (0.5, 0.65):
+        metrics = metrics_with_intervals(y, prob, subjects, prefix="", resamples=200, threshold=threshold)
+        expected = classification_metrics(y, prob, threshold)["recall_hem"]
+        assert metrics["specificity"] == metrics["specificity_ci95_low"] == pytest.approx(expected)
+        assert metrics["specificity_ci95_high"] == pytest.approx(expected)
+    assert expected == pytest.approx(9 / 10)  # at 0.65: the cells at 0.1 ... 0.633 of the ten, called normal
+
+
+def test_a_cohort_without_normal_cells_has_no_specificity_and_no_interval_for_it() -> None:
+    y = np.ones(12, dtype=np.int64)
+    prob = np.linspace(0.3, 0.9, 12)
+    subjects = np.repeat(["1", "2", "3"], 4)
+    metrics = metrics_with_intervals(y, prob, subjects, prefix="", resamples=200)
+    for name in ("specificity", "balanced_accuracy", "roc_auc"):
+        assert all(np.isnan(metrics[key]) for key in (name, f"{name}_ci95_low", f"{name}_ci95_high")), name
+    assert metrics["sensitivity_ci95_low"] <= metrics["sensitivity"] <= metrics["sensitivity_ci95_high"]
+    assert metrics["f1_weighted"] == pytest.approx(metrics["f1_all"])  # the absent class weighs nothing
+    reasons = undefined_metrics(metrics)
+    assert reasons["specificity_ci95_high"] == reasons["specificity"] == "no normal cells in this cohort"
+    assert set(reasons) == {key for key, value in metrics.items() if isinstance(value, float) and np.isnan(value)}

@@ -1,5 +1,6 @@
-"""Classification metrics for the two-class problem (hem=0, ALL=1), computed from labels and P(ALL); the names
-the training loop reports and their test counterparts; and which of two values of a metric is better.
+"""Classification metrics for the two-class problem (hem=0, ALL=1), computed from labels and P(ALL); why a metric is
+undefined on a cohort that lacks what it needs (NaN inside, "undefined (reason)" to a reader, a tag in MLflow); the
+names the training loop reports and their test counterparts; and which of two values of a metric is better.
 
 Plain numpy so the numbers can be checked by hand against a confusion matrix.
 """
@@ -25,9 +26,10 @@ def confusion_matrix(y_true: np.ndarray, y_pred: np.ndarray, num_classes: int = 
     return cm
 
 
-def _safe_div(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+def _ratio(num: np.ndarray, den: np.ndarray) -> np.ndarray:
+    """num/den, NaN where den is 0: a rate over nothing is undefined, not 0."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
-    return np.divide(num, den, out=np.zeros_like(num), where=den > 0)
+    return np.divide(num, den, out=np.full_like(num, np.nan), where=den > 0)
 
 
 def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
@@ -47,28 +49,118 @@ def roc_auc(y_true: np.ndarray, score: np.ndarray) -> float:
 
 
 def classification_metrics(y_true: np.ndarray, prob_all: np.ndarray, threshold: float = 0.5) -> dict[str, float]:
-    """Accuracy, balanced accuracy, per-class/macro/weighted precision, recall, F1, ROC-AUC and the matrix cells."""
+    """Accuracy, balanced accuracy, per-class/macro/weighted precision, recall, F1, ROC-AUC and the matrix cells, a
+    cell called ALL when P(ALL) >= `threshold`.
+
+    A metric that needs what the cells lack is NaN, never 0 (`undefined_reasons` says why): the recall and F1 of a
+    class with no cells, the precision of a class no cell was called, balanced accuracy, macro averages and ROC-AUC
+    without both classes. F1 of a present class is 2TP / (2TP + FP + FN), 0 when none of it was found; the weighted
+    averages weigh the classes present by their cells, so weighted F1 is defined whenever there are cells.
+    """
     y_true = np.asarray(y_true, dtype=np.int64)
     y_pred = (np.asarray(prob_all) >= threshold).astype(np.int64)
     cm = confusion_matrix(y_true, y_pred)
-    support = cm.sum(axis=1)
-    precision = _safe_div(np.diag(cm), cm.sum(axis=0))
-    recall = _safe_div(np.diag(cm), support)
-    f1 = _safe_div(2 * precision * recall, precision + recall)
-    weights = _safe_div(support, np.full_like(support, support.sum()))
+    found, support, called = np.diag(cm), cm.sum(axis=1), cm.sum(axis=0)
+    precision = _ratio(found, called)
+    recall = _ratio(found, support)
+    f1 = _ratio(2 * found, support + called)
+    f1[support == 0] = np.nan
     metrics = {
-        "accuracy": float(_safe_div(np.trace(cm), cm.sum())),
-        "balanced_accuracy": float(recall[support > 0].mean()) if (support > 0).any() else 0.0,
+        "accuracy": float(_ratio(np.trace(cm), cm.sum())),
+        "balanced_accuracy": float(recall.mean()),
         "roc_auc": roc_auc(y_true, prob_all),
     }
     for name, values in (("precision", precision), ("recall", recall), ("f1", f1)):
         for index, cls in enumerate(CLASS_NAMES):
             metrics[f"{name}_{cls}"] = float(values[index])
         metrics[f"{name}_macro"] = float(values.mean())
-        metrics[f"{name}_weighted"] = float((values * weights).sum())
+        metrics[f"{name}_weighted"] = _support_weighted(values, support)
     for (i, j), count in np.ndenumerate(cm):
         metrics[f"cm_true_{CLASS_NAMES[i]}_pred_{CLASS_NAMES[j]}"] = int(count)
     return metrics
+
+
+def _support_weighted(values: np.ndarray, support: np.ndarray) -> float:
+    """Mean over the classes present, weighted by their cells (a class with no cells weighs nothing, so its
+    undefined value does not matter)."""
+    present = support > 0
+    if not present.any():
+        return float("nan")
+    return float((values[present] * support[present]).sum() / support[present].sum())
+
+
+# How a reason names each class: the hem cells are the normal ones.
+_READABLE = {"hem": "normal", "all": "ALL"}
+# Aliases the held-out sides report beside the recalls.
+_ALIASES = {"sensitivity": "recall_all", "specificity": "recall_hem"}
+INTERVAL_SUFFIXES = ("_ci95_low", "_ci95_high")
+
+
+def undefined_reasons(cm: np.ndarray, unit: str = "cells") -> dict[str, str]:
+    """Why each metric of `classification_metrics` (and sensitivity, specificity) that is undefined on the cohort
+    with confusion matrix `cm` is so, e.g. `{"specificity": "no normal cells in this cohort"}`; `unit` names what
+    was counted (cells, patients). A metric absent from the answer is defined."""
+    cm = np.asarray(cm, dtype=np.int64)
+    support, called, total = cm.sum(axis=1), cm.sum(axis=0), int(cm.sum())
+    if total == 0:
+        names = ["accuracy", "balanced_accuracy", "roc_auc", *_ALIASES,
+                 *(f"{m}_{c}" for m in ("precision", "recall", "f1") for c in (*CLASS_NAMES, "macro", "weighted"))]
+        return {name: f"no {unit} in this cohort" for name in names}
+    reasons: dict[str, str] = {}
+    for index, cls in enumerate(CLASS_NAMES):
+        if called[index] == 0:
+            reasons[f"precision_{cls}"] = f"none of the {total} {unit} was called {_READABLE[cls]}"
+    for index, cls in enumerate(CLASS_NAMES):
+        if support[index] == 0:
+            missing = f"no {_READABLE[cls]} {unit} in this cohort"
+            reasons[f"recall_{cls}"] = reasons[f"f1_{cls}"] = missing
+            both = f"{missing}, and it needs both classes"
+            for name in ("balanced_accuracy", "roc_auc", "recall_macro", "f1_macro"):
+                reasons.setdefault(name, both)
+    for cls in CLASS_NAMES:
+        if f"precision_{cls}" in reasons:
+            reasons.setdefault("precision_macro", reasons[f"precision_{cls}"])
+            if support[CLASS_NAMES.index(cls)] > 0:  # a class with no cells weighs nothing in the weighted mean
+                reasons.setdefault("precision_weighted", reasons[f"precision_{cls}"])
+    for alias, name in _ALIASES.items():
+        if name in reasons:
+            reasons[alias] = reasons[name]
+    return reasons
+
+
+def undefined_metrics(metrics: dict[str, Any], prefix: str = "", unit: str = "cells") -> dict[str, str]:
+    """The reason for each undefined (NaN) entry of a flat metrics dict whose keys start with `prefix`, intervals
+    (`_ci95_low/high`) included: read from its own `<prefix>cm_*` counts. A NaN the counts do not explain is left
+    out (a mean over cross-validation folds, say)."""
+    reasons = undefined_reasons(confusion_from_metrics(metrics, prefix), unit)
+    out = {}
+    for key, value in metrics.items():
+        if not (key.startswith(prefix) and isinstance(value, float) and math.isnan(value)):
+            continue
+        name = key[len(prefix):]
+        for suffix in INTERVAL_SUFFIXES:
+            name = name.removesuffix(suffix)
+        if name in reasons:
+            out[key] = reasons[name]
+    return out
+
+
+TAG_UNDEFINED = "leukotune.undefined."
+
+
+def split_undefined(metrics: dict[str, float], reasons: dict[str, str]) -> tuple[dict[str, float], dict[str, str]]:
+    """What to log to MLflow: the defined metrics, and for each undefined one no number (a NaN would sort and chart
+    as if it were one) but the tag `leukotune.undefined.<metric>` holding its reason."""
+    defined = {k: v for k, v in metrics.items() if not (isinstance(v, float) and math.isnan(v))}
+    tags = {f"{TAG_UNDEFINED}{k}": reasons.get(k, "undefined on this data") for k in metrics if k not in defined}
+    return defined, tags
+
+
+def format_value(value: Any, reason: str | None = None, digits: int = 4) -> str:
+    """A metric for a reader: the number, or `undefined (<reason>)` instead of a bare nan."""
+    if value is None or (isinstance(value, float) and math.isnan(value)):
+        return f"undefined ({reason})" if reason else "undefined"
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
 
 
 def confusion_from_metrics(metrics: dict[str, float], prefix: str = "val_") -> np.ndarray:

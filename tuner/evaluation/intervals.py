@@ -5,6 +5,9 @@ would give intervals far too narrow. The bootstrap here resamples whole subjects
 side is chosen per class, so every resample keeps both), and is vectorised: each resample is a vector of subject
 multiplicities, so its confusion matrix is one matrix product and its ROC-AUC one bilinear form over subjects.
 
+A metric the cohort cannot define (specificity without normal cells, ROC-AUC with one class) is NaN, and so is
+its interval: `metrics.undefined_metrics` gives the reason.
+
 Plain numpy, no Ray or MLflow: used by the study's test side, `leukotune evaluate` and the benchmarks.
 """
 from __future__ import annotations
@@ -22,19 +25,21 @@ _BLOCK = 256  # resamples per block: bounds memory at a few (block x subjects) f
 
 
 def metrics_with_intervals(y_true: np.ndarray, prob_all: np.ndarray, subjects: np.ndarray, prefix: str = "test_",
-                           resamples: int = DEFAULT_RESAMPLES, seed: int = 0) -> dict[str, float]:
+                           resamples: int = DEFAULT_RESAMPLES, seed: int = 0, threshold: float = 0.5
+                           ) -> dict[str, float]:
     """Every validation metric (accuracy, balanced accuracy, per-class P/R/F1, macro/weighted F1, ROC-AUC, the
     confusion cells), sensitivity/specificity, a log loss, cell and subject counts, and the patient-bootstrap
-    interval of each of CI_METRICS as `<prefix><metric>_ci95_low` / `_ci95_high`."""
+    interval of each of CI_METRICS as `<prefix><metric>_ci95_low` / `_ci95_high`; cells are called ALL at
+    P(ALL) >= `threshold` (the model's own). Undefined metrics and their intervals are NaN."""
     y_true = np.asarray(y_true, dtype=np.int64)
     prob_all = np.asarray(prob_all, dtype=np.float64)
-    point = classification_metrics(y_true, prob_all)
+    point = classification_metrics(y_true, prob_all, threshold)
     point["sensitivity"], point["specificity"] = point["recall_all"], point["recall_hem"]
     p_true = np.where(y_true == 1, prob_all, 1.0 - prob_all)
     point["loss"] = float(-np.log(np.clip(p_true, 1e-7, 1.0)).mean()) if len(y_true) else float("nan")
     point["cells"] = int(len(y_true))
     point["subjects"] = int(len(set(np.asarray(subjects).tolist())))
-    for name, (low, high) in patient_bootstrap(y_true, prob_all, subjects, resamples, seed).items():
+    for name, (low, high) in patient_bootstrap(y_true, prob_all, subjects, resamples, seed, threshold).items():
         # A percentile interval from few patients can sit lopsided beside the estimate; widening it to include the
         # estimate keeps "the interval around the number" true without narrowing anything.
         value = point[name]
@@ -112,11 +117,11 @@ def _block_metrics(weights: np.ndarray, cells: np.ndarray,
                    scores: tuple[np.ndarray, np.ndarray, np.ndarray]) -> dict[str, np.ndarray]:
     """The CI metrics for a block of resamples, each a vector over the block."""
     tn, fp, fn, tp = (weights @ cells).T
-    recall_hem, recall_all = _ratio(tn, tn + fp), _ratio(tp, tp + fn)
-    precision_hem, precision_all = _ratio(tn, tn + fn), _ratio(tp, tp + fp)
-    f1_hem = _ratio(2 * precision_hem * recall_hem, precision_hem + recall_hem)
-    f1_all = _ratio(2 * precision_all * recall_all, precision_all + recall_all)
     support_hem, support_all = tn + fp, tp + fn
+    # As `classification_metrics`: a recall without cells of its class is undefined, and so is balanced accuracy;
+    # F1 is 2TP / (2TP + FP + FN), and a class without cells weighs nothing in the weighted mean.
+    recall_hem, recall_all = _ratio(tn, support_hem), _ratio(tp, support_all)
+    f1_hem, f1_all = _ratio(2 * tn, 2 * tn + fn + fp, empty=0.0), _ratio(2 * tp, 2 * tp + fp + fn, empty=0.0)
     f1_weighted = _ratio(f1_hem * support_hem + f1_all * support_all, support_hem + support_all)
     return {"f1_weighted": f1_weighted, "balanced_accuracy": (recall_hem + recall_all) / 2.0,
             "roc_auc": _weighted_auc(weights, *scores),
@@ -126,10 +131,10 @@ def _block_metrics(weights: np.ndarray, cells: np.ndarray,
 def _weighted_auc(weights: np.ndarray, wins: np.ndarray, n_all: np.ndarray, n_hem: np.ndarray) -> np.ndarray:
     """Mann-Whitney AUC of each resample: right-ordered (ALL, hem) pairs over all pairs, subjects weighted by their
     multiplicity; NaN when a resample lacks a class."""
-    return _ratio(((weights @ wins) * weights).sum(axis=1), (weights @ n_all) * (weights @ n_hem), empty=np.nan)
+    return _ratio(((weights @ wins) * weights).sum(axis=1), (weights @ n_all) * (weights @ n_hem))
 
 
-def _ratio(num: np.ndarray, den: np.ndarray, empty: float = 0.0) -> np.ndarray:
-    """num/den with `empty` where den is 0 (a class absent from a resample's predictions scores 0, as sklearn)."""
+def _ratio(num: np.ndarray, den: np.ndarray, empty: float = np.nan) -> np.ndarray:
+    """num/den with `empty` (undefined) where den is 0."""
     num, den = np.asarray(num, dtype=np.float64), np.asarray(den, dtype=np.float64)
     return np.divide(num, den, out=np.full_like(num, empty), where=den > 0)
