@@ -159,3 +159,37 @@ def link_best_metrics(tracker, run_id: str, model_id: str, best: dict[str, Any])
     with_retries(lambda: client.log_outputs(run_id, [LoggedModelOutput(model_id, step=step)]), "link model",
                  log=tracker.log)
     with_retries(lambda: client.log_batch(run_id, metrics=metrics), "link model metrics", log=tracker.log)
+
+
+RELIABILITY_FIGURE = "plots/reliability.png"
+
+
+def reliability_figure(before: list[dict[str, float]], after: list[dict[str, float]], temperature: float,
+                       title: str) -> Figure:
+    """Reliability diagrams of one side as trained and calibrated: per bin of P(ALL) (`calibration.reliability`),
+    the fraction of ALL cells against the mean P(ALL), with each bin's cell count; on the diagonal is calibrated."""
+    fig = new_figure(7.5, 3.8)
+    axes = fig.subplots(1, 2, sharey=True)
+    fig.subplots_adjust(left=0.09, right=0.98, bottom=0.14, top=0.78, wspace=0.08)
+    for ax, rows, name in ((axes[0], before, "as trained (T = 1)"),
+                           (axes[1], after, f"calibrated (T = {temperature:.2f})")):
+        filled = [r for r in rows if r["cells"]]
+        total = sum(r["cells"] for r in rows) or 1
+        ece = sum(r["cells"] / total * abs(r["mean_p_all"] - r["fraction_all"]) for r in filled)
+        ax.plot([0, 1], [0, 1], color="grey", linestyle="--", linewidth=1)
+        ax.bar([(r["low"] + r["high"]) / 2 for r in filled], [r["fraction_all"] for r in filled],
+               width=[0.9 * (r["high"] - r["low"]) for r in filled], color="#9ecae1", edgecolor="#3182bd",
+               label="fraction ALL per bin")
+        ax.plot([r["mean_p_all"] for r in filled], [r["fraction_all"] for r in filled], "o", color="#de2d26",
+                markersize=4, label="at the bin's mean P(ALL)")
+        for r in filled:
+            ax.text((r["low"] + r["high"]) / 2, min(r["fraction_all"], 0.9) + 0.03, str(r["cells"]), ha="center",
+                    fontsize=6)
+        ax.set_xlim(0, 1)
+        ax.set_ylim(0, 1.05)
+        ax.set_xlabel("P(ALL)")
+        ax.set_title(f"{name}: ECE {ece:.3f}", fontsize=9)
+    axes[0].set_ylabel("fraction of cells that are ALL")
+    axes[0].legend(fontsize=7, loc="upper left")
+    fig.suptitle(f"{title}\n(10 equal-width bins; numbers: cells per bin)", fontsize=9)
+    return fig

@@ -7,14 +7,18 @@ task on the cluster (with a GPU when the study uses GPUs), so the driver only re
 """
 from __future__ import annotations
 
+import json
 import math
 from typing import Any, Callable
 
+import numpy as np
 import ray
 
 from leukotune.tuner.cluster.trial_resources import TrialResources
-from leukotune.tuner.evaluation.test_side import score_checkpoints
+from leukotune.tuner.evaluation.calibration import CELL_SCORES_FILE, TEMPERATURE_METRIC, calibrate, reliability
+from leukotune.tuner.evaluation.test_side import CELL_SCORES, score_checkpoints
 from leukotune.tuner.metrics import metric_on_test, ranking_key
+from leukotune.tuner.tracking.artifacts import RELIABILITY_FIGURE, reliability_figure
 from leukotune.tuner.tracking.client import Tracker
 from leukotune.tuner.tracking.trial_runs import checkpoint_dir_of, top_trials
 from leukotune.tuner.train.checkpoints import load_best
@@ -68,17 +72,37 @@ def score_top_trials(plan, trials: list, run_ids: dict[str, str], tracker: Track
         log(f"WARNING: test evaluation failed: {str(exc).strip().splitlines()[-1]}")
         return {}
     results: dict[str, dict[str, float]] = {}
-    for (trial, _), scores in zip(readable, scored):
-        if isinstance(scores, str):
-            log(f"WARNING: test evaluation of trial {trial.trial_id} failed: {scores}")
+    for (trial, _), returned in zip(readable, scored):
+        if isinstance(returned, str):
+            log(f"WARNING: test evaluation of trial {trial.trial_id} failed: {returned}")
             continue
+        scores = dict(returned)
+        cells = scores.pop(CELL_SCORES, None)
         results[trial.trial_id] = scores
         if trial.trial_id in run_ids:
             tracker.log_metrics(run_ids[trial.trial_id], scores, step=0)
             tracker.set_tags(run_ids[trial.trial_id], {TAG_TEST_RANK: str(chosen.index(trial) + 1)})
+            if cells is not None:
+                log_calibration(tracker, run_ids[trial.trial_id], trial.trial_id, cells)
     if chosen and chosen[0].trial_id in results:
         _log_winner(tracker, parent_run_id, chosen[0], results[chosen[0].trial_id], metric, mode, log)
     return results
+
+
+def log_calibration(tracker: Tracker, run_id: str, trial_id: str, cells: dict[str, Any]) -> None:
+    """The trial's per-cell P(ALL) (for promote's operating point) and its test side's reliability diagram, as
+    trained and calibrated."""
+    tracker.log_text(run_id, json.dumps(cells, separators=(",", ":")), CELL_SCORES_FILE)  # compact: 2 lists per side
+    test = cells["test"]
+    prob, labels = np.asarray(test["p_all"]), np.asarray(test["labels"])
+    temperature = float(cells["temperature"])
+    figure = reliability_figure(reliability(prob, labels), reliability(calibrate(prob, temperature), labels),
+                                temperature, f"{trial_id}: test side, calibrated on {_side_name(cells)}")
+    tracker.log_figure(run_id, figure, RELIABILITY_FIGURE)
+
+
+def _side_name(cells: dict[str, Any]) -> str:
+    return "out-of-fold validation" if str(cells.get("fitted_on", "")).startswith("out-of-fold") else "validation"
 
 
 def _log_winner(tracker: Tracker, parent_run_id: str, winner, scores: dict[str, float], metric: str, mode: str,
@@ -97,6 +121,11 @@ def _log_winner(tracker: Tracker, parent_run_id: str, winner, scores: dict[str, 
     log(f"test side: trial {winner.trial_id} {metric} {_best_value(winner, metric):.4f} on {where}, "
         f"{test_name} {scores.get(test_name, float('nan')):.4f}{interval} on test"
         + (f"; selection gap {gap:+.4f}" if gap is not None else ""))
+    if TEMPERATURE_METRIC in scores:
+        fitted_on = "out-of-fold validation" if folds else "validation"
+        log(f"calibration: temperature {scores[TEMPERATURE_METRIC]:.3f} fitted on {fitted_on}; on test "
+            f"ECE {scores['test_ece']:.4f} -> {scores['test_ece_calibrated']:.4f}, Brier "
+            f"{scores['test_brier']:.4f} -> {scores['test_brier_calibrated']:.4f}")
 
 
 def selection_gap(val_value: Any, test_value: Any, mode: str) -> float | None:
