@@ -40,11 +40,28 @@ def _add_promote(commands: argparse._SubParsersAction) -> None:
                          help="refuse (exit 1) when the chosen trial's gate metric is above this")
     promote.add_argument("--gate-metric", help="run metric --min/--max judge (default: the test counterpart of "
                                                "--metric, e.g. test_f1_weighted); a trial without it is refused")
+    target = promote.add_mutually_exclusive_group()
+    target.add_argument("--sensitivity", type=_rate, metavar="X",
+                        help="operating point: the largest threshold on calibrated P(ALL) whose sensitivity (recall "
+                             "of ALL) on the trial's validation cells is >= X (default: threshold 0.5)")
+    target.add_argument("--specificity", type=_rate, metavar="X",
+                        help="operating point: the smallest threshold whose validation specificity (recall of hem) "
+                             "is >= X")
     promote.add_argument("--alias", help="alias to set (default champion)")
     promote.add_argument("--model-name", help="registered model name (default leukotune-<experiment>)")
     promote.add_argument("--json", action="store_true", help="print one JSON object")
     _tracking_arg(promote)
     promote.set_defaults(command="promote")
+
+
+def _rate(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"{text!r} is not a number") from None
+    if not 0.0 < value <= 1.0:
+        raise argparse.ArgumentTypeError(f"{text} is not in (0, 1]")
+    return value
 
 
 def _add_evaluate(commands: argparse._SubParsersAction) -> None:
@@ -113,7 +130,8 @@ def promote(args: argparse.Namespace) -> int:
     try:
         result = promote_best(tracking_uri, args.experiment, args.metric or DEFAULT_METRIC, args.mode, args.minimum,
                               args.maximum, args.alias or DEFAULT_ALIAS, args.model_name, log=_info,
-                              gate_metric=args.gate_metric)
+                              gate_metric=args.gate_metric, sensitivity=args.sensitivity,
+                              specificity=args.specificity)
     except MlflowException as exc:
         return _fail(request_failure(exc, tracking_uri))
     if args.json:
@@ -153,7 +171,12 @@ def evaluate(args: argparse.Namespace) -> int:
 def predict(args: argparse.Namespace) -> int:
     from mlflow.exceptions import MlflowException
 
-    from leukotune.tuner.evaluation.logged_models import check_model_uri, describe_version, load_model
+    from leukotune.tuner.evaluation.logged_models import (
+        check_model_uri,
+        describe_version,
+        load_model,
+        stored_decision,
+    )
     from leukotune.tuner.evaluation.predict import format_table, list_images, predict_files
     from leukotune.tuner.tracking.client import request_failure, resolve_tracking_uri
 
@@ -170,11 +193,14 @@ def predict(args: argparse.Namespace) -> int:
     _info(f"model {args.model}{f' = {version}' if version else ''}: {model.model_name}, "
           f"{model.preprocessing['image_size']} px {model.preprocessing['color']}"
           f"{', TTA over 4 rotations' if args.tta else ''}")
+    decision = stored_decision(args.model, tracking_uri)  # the same tags load_model put into the model
+    _info(decision.line())
     rows = predict_files(model, files, tta=args.tta, batch_size=args.batch_size)
     classified = sum(r.error is None for r in rows)
     if args.json:
-        print(json.dumps({"model": args.model, "version": version, "tta": args.tta, "classified": classified,
-                          "errors": len(rows) - classified, "predictions": [r.to_dict() for r in rows]}, indent=2))
+        print(json.dumps({"model": args.model, "version": version, "tta": args.tta, "calibration": decision.to_json(),
+                          "classified": classified, "errors": len(rows) - classified,
+                          "predictions": [r.to_dict() for r in rows]}, indent=2))
     else:
         print("\n".join(format_table(rows)))
         _info(f"{classified} classified, {len(rows) - classified} unreadable")

@@ -20,6 +20,7 @@ from mlflow.tracking import MlflowClient
 from torch import nn
 
 from leukotune.models import rebuild_network
+from leukotune.tuner.evaluation.calibration import StoredDecision
 from leukotune.tuner.evaluation.inference import CLASS_NAMES, REQUIRED_PREPROCESSING, TrainedModel
 from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri
 from leukotune.tuner.tracking.client import check_reachable, redact
@@ -92,7 +93,8 @@ def build_network(meta: dict[str, Any], model_dir: Path) -> nn.Module:
 
 
 def load_model(model_uri: str, tracking_uri: str) -> TrainedModel:
-    """Fetch the model's files from the tracking server and rebuild it; the download is deleted afterwards."""
+    """Fetch the model's files from the tracking server and rebuild it, with the temperature and threshold of its
+    registered version (`stored_decision`); the download is deleted afterwards."""
     check_model_uri(model_uri)
     check_reachable(tracking_uri)
     with tempfile.TemporaryDirectory(prefix="leukotune-predict-") as tmp:
@@ -102,7 +104,37 @@ def load_model(model_uri: str, tracking_uri: str) -> TrainedModel:
     class_names = list(meta.get("class_names") or CLASS_NAMES)
     if sorted(class_names) != ["all", "hem"]:
         raise UnusableModelError(f"the model's classes are {class_names}; expected hem and all")
-    return TrainedModel(network, dict(meta["preprocessing"]), class_names, meta["model_name"], meta.get("best_epoch"))
+    decision = stored_decision(model_uri, tracking_uri)
+    return TrainedModel(network, dict(meta["preprocessing"]), class_names, meta["model_name"], meta.get("best_epoch"),
+                        temperature=decision.temperature, threshold=decision.threshold)
+
+
+def _registered_version(model_uri: str, client: MlflowClient):
+    """The registry's ModelVersion behind `models:/NAME@alias` or `models:/NAME/N`; None for a logged model id or a
+    run URI (raises MlflowException when the registry does not know it)."""
+    if not model_uri.startswith("models:/") or logged_model_id(model_uri):
+        return None
+    name_part = model_uri[len("models:/"):]
+    if "@" in name_part:
+        name, alias = name_part.rsplit("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, number = name_part.rsplit("/", 1)
+    return client.get_model_version(name, number)
+
+
+def stored_decision(model_uri: str, tracking_uri: str) -> StoredDecision:
+    """The calibration and operating point `leukotune promote` stored with the registered version. A logged model
+    (`models:/<model_id>`) or a run's model is not a promoted version: it is used as trained (temperature 1.0,
+    threshold 0.5) and says so."""
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    version = _registered_version(model_uri, client)
+    if version is None:
+        return StoredDecision(reason="not a registered version: only `leukotune promote` stores a calibration")
+    try:
+        return StoredDecision.from_tags(dict(version.tags or {}), missing=f"version {version.version} was promoted "
+                                                                          f"before calibration existed")
+    except ValueError as exc:
+        raise UnusableModelError(f"version {version.version} of {version.name}: {exc}") from None
 
 
 def describe_version(model_uri: str, tracking_uri: str) -> str | None:
@@ -110,18 +142,12 @@ def describe_version(model_uri: str, tracking_uri: str) -> str | None:
     `models:/<model_id>`; None when it cannot be told."""
     if not model_uri.startswith("models:/"):
         return None
-    name_part = model_uri[len("models:/"):]
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     try:
         if logged_model_id(model_uri):
-            logged = client.get_logged_model(name_part)
+            logged = client.get_logged_model(model_uri[len("models:/"):])
             return f"logged model {logged.model_id} (run {logged.source_run_id})"
-        if "@" in name_part:
-            name, alias = name_part.rsplit("@", 1)
-            version = client.get_model_version_by_alias(name, alias)
-        else:
-            name, number = name_part.rsplit("/", 1)
-            version = client.get_model_version(name, number)
+        version = _registered_version(model_uri, client)
     except Exception:  # noqa: BLE001 - informational only; the download already succeeded
         return None
-    return f"version {version.version} (run {version.run_id})"
+    return f"version {version.version} (run {version.run_id})" if version is not None else None

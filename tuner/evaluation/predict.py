@@ -1,6 +1,8 @@
 """`leukotune predict`: classify cell image files with a trained model, read at its size and colour and fed through
 the one inference path (`inference.probabilities`), one row per file; a file that cannot be read is reported and
-the others go on. `leukotune evaluate` classifies a labelled folder the same way.
+the others go on. P(ALL) is calibrated with the model's temperature and a cell is called ALL at the model's
+threshold (both 1.0 and 0.5 unless its registered version stores others). `leukotune evaluate` classifies a labelled
+folder the same way.
 """
 from __future__ import annotations
 
@@ -84,7 +86,7 @@ def predict_files(model: TrainedModel, files: list[tuple[Path, str | None]], tta
             images = np.stack([image for _, image in readable])
             p_all = probabilities(model, images, tta=tta, batch_size=len(readable))
             for (i, _), p in zip(readable, p_all):
-                results[i] = Prediction(str(chunk[i][0]), "all" if p >= 0.5 else "hem", float(p))
+                results[i] = Prediction(str(chunk[i][0]), "all" if p >= model.threshold else "hem", float(p))
         rows += [results[i] for i in range(len(chunk))]
     return rows
 

@@ -18,6 +18,8 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
+    from leukotune.tuner.registry.operating_point import Decision
+
 MODEL_CARD_FILE = "model_card.md"
 DESCRIPTION_LIMIT = 4900  # the registry stores at most 5,000 characters of a version's description
 # The numbers a card and the version tags show, in this order.
@@ -142,3 +144,39 @@ def version_description(card: str) -> str:
     if len(card) <= DESCRIPTION_LIMIT:
         return card
     return card[:DESCRIPTION_LIMIT].rsplit("\n", 1)[0] + f"\n\n(cut; the full card is the run's {MODEL_CARD_FILE})\n"
+
+
+def calibration_card_lines(decision: Decision, metrics: dict[str, float]) -> list[str]:
+    """The card's "Calibration and operating point" section: the temperature and where it was fitted, test ECE and
+    Brier score before and after, the threshold with its target, and test sensitivity and specificity there with
+    their patient-bootstrap intervals."""
+    def text(value: Any) -> str:
+        return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+
+    lines = ["## Calibration and operating point", ""]
+    if decision.calibrated:
+        lines.append(f"- P(ALL) is calibrated by temperature scaling: the logits are divided by "
+                     f"{decision.temperature:.4f}, fitted (minimum negative log-likelihood) on {decision.calibration},"
+                     f" never on test.")
+        if "test_ece" in metrics:
+            lines.append(f"- On test, expected calibration error (10 equal-width bins of P(ALL)) "
+                         f"{text(metrics.get('test_ece'))} as trained, {text(metrics.get('test_ece_calibrated'))} "
+                         f"calibrated; Brier score {text(metrics.get('test_brier'))} -> "
+                         f"{text(metrics.get('test_brier_calibrated'))}.")
+        if decision.calibration.startswith("out-of-fold"):
+            lines.append("- The model is an ensemble of fold models, and each validation cell was scored by the fold "
+                         "model that did not train on it; the ensemble is smoother than any one fold model, so its "
+                         "calibration and threshold are approximate (the test numbers above say how close).")
+    else:
+        lines.append("- P(ALL) is not calibrated (temperature 1.0): the trial has no validation scores.")
+    point = decision.point
+    lines.append(f"- A cell is called ALL at calibrated P(ALL) >= {point.threshold:.4f} ({point.describe()}: "
+                 f"sensitivity {text(point.val_sensitivity)}, specificity {text(point.val_specificity)} there).")
+    if point.warning:
+        lines.append(f"- The target is {point.warning}.")
+    test = decision.test
+    if test:
+        lines.append("- At that threshold on test: " + "; ".join(
+            f"{name} {text(test.get(name))} (95% CI by patient {text(test.get(f'{name}_ci95_low'))} - "
+            f"{text(test.get(f'{name}_ci95_high'))})" for name in ("sensitivity", "specificity")) + ".")
+    return lines

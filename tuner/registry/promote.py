@@ -2,6 +2,9 @@
 
 MLflow 3 aliases, not the deprecated stages. The choice is deterministic (metric, then the earliest start, then
 run id), a run is registered at most once (its existing version is reused), and a model below the bar is refused.
+The version carries its calibration and operating point (`operating_point.py`): a new version gets the target's
+threshold (default 0.5); promoting an already registered run with a target moves its threshold, without a target
+leaves it as it was.
 """
 from __future__ import annotations
 
@@ -16,13 +19,16 @@ from mlflow.tracking import MlflowClient
 from mlflow.utils.mlflow_tags import MLFLOW_MODEL_VERSIONS
 
 from leukotune.tuner.metrics import metric_on_test, ranking_key
+from leukotune.tuner.evaluation.calibration import TAG_CALIBRATION, TAG_TEMPERATURE, TAG_THRESHOLD
 from leukotune.tuner.registry.model_card import (
     MODEL_CARD_FILE,
+    calibration_card_lines,
     held_out_tags,
     missing_test_reason,
     model_card,
     version_description,
 )
+from leukotune.tuner.registry.operating_point import Decision, OperatingPointError, decide, stored_point
 from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri
 from leukotune.tuner.tracking.client import (
     PARENT_TAG,
@@ -77,6 +83,9 @@ class Promotion:
     gate_metric: str | None = None  # what --min/--max judged: the test counterpart of `metric` by default
     gate_value: float | None = None
     card: str | None = None  # the model card (markdown) of a newly created version
+    decision: Decision | None = None  # the temperature and threshold set on the version (None: left as they were)
+    previous_point: str | None = None  # the operating point a targeted promote replaced on an existing version
+    kept_point: dict[str, str] = field(default_factory=dict)  # an existing version's tags, when left as they were
 
     @property
     def model_uri(self) -> str:
@@ -185,9 +194,11 @@ def current_alias_version(client: MlflowClient, model_name: str, alias: str) -> 
 def promote(tracking_uri: str, experiment: str, metric: str = DEFAULT_METRIC, mode: str = "max",
             minimum: float | None = None, maximum: float | None = None, alias: str = DEFAULT_ALIAS,
             model_name: str | None = None, log: Callable[[str], None] = print,
-            gate_metric: str | None = None) -> Promotion:
+            gate_metric: str | None = None, sensitivity: float | None = None,
+            specificity: float | None = None) -> Promotion:
     """Pick the best trial model of `experiment` by `metric` (validation), judge it on `gate_metric` (default: the
-    test counterpart of `metric`), register it (once) and alias it."""
+    test counterpart of `metric`), choose its operating point on validation (`sensitivity` or `specificity`
+    target, else 0.5), register it (once) and alias it."""
     check_reachable(tracking_uri)
     client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
     found = client.get_experiment_by_name(experiment)
@@ -207,7 +218,12 @@ def promote(tracking_uri: str, experiment: str, metric: str = DEFAULT_METRIC, mo
                                    minimum, maximum)
     if result.refused:
         return result
-    register_and_alias(client, result, experiment)
+    try:
+        result.decision = decide(client, client.get_run(best.run_id), sensitivity, specificity)
+    except OperatingPointError as exc:
+        result.refused = str(exc)
+        return result
+    register_and_alias(client, result, experiment, targeted=sensitivity is not None or specificity is not None)
     return result
 
 
@@ -225,21 +241,51 @@ def judge_on_gate(run: Run, result: Promotion, gate_metric: str, minimum: float 
     return problem
 
 
-def register_and_alias(client: MlflowClient, result: Promotion, experiment: str) -> None:
-    """Create the version (unless this run already has one), then move the alias onto it."""
+def register_and_alias(client: MlflowClient, result: Promotion, experiment: str, targeted: bool = False) -> None:
+    """Create the version (unless this run already has one; then a `targeted` promote moves its operating point),
+    then move the alias onto it."""
     best = result.candidate
     ensure_registered_model(client, result.model_name, experiment)
     version = existing_version(client, result.model_name, best.run_id)
+    decision = result.decision
     if version is None:
         run = client.get_run(best.run_id)
         result.tags = version_tags(client, run, best, result.metric, experiment) | held_out_tags(run)
-        result.card = model_card(client, run, result.model_name, result.metric)
+        result.tags |= decision.tags() if decision else {}
+        result.card = full_card(client, run, result)
         client.log_text(best.run_id, result.card, MODEL_CARD_FILE)
         version = create_version(client, result, best)
         result.created = True
+    elif targeted and decision and _moved(version.tags, decision):
+        result.previous_point = stored_point(version.tags) or "none"
+        move_operating_point(client, result, str(version.version), decision)
+    else:
+        result.decision, result.kept_point = None, dict(version.tags)
     result.version = str(version.version)
     result.previous_version = current_alias_version(client, result.model_name, result.alias)
     client.set_registered_model_alias(result.model_name, result.alias, result.version)
+
+
+def full_card(client: MlflowClient, run: Run, result: Promotion) -> str:
+    """The model card with its calibration and operating point section."""
+    card = model_card(client, run, result.model_name, result.metric)
+    if result.decision is None:
+        return card
+    return card + "\n" + "\n".join(calibration_card_lines(result.decision, run.data.metrics)) + "\n"
+
+
+def _moved(tags: dict[str, str], decision: Decision) -> bool:
+    return stored_point(tags) != decision.point.describe() or tags.get(TAG_THRESHOLD) != repr(decision.point.threshold)
+
+
+def move_operating_point(client: MlflowClient, result: Promotion, version: str, decision: Decision) -> None:
+    """A new operating point on an existing version: its tags, and its card (run artifact and description)."""
+    for key, value in decision.tags().items():
+        client.set_model_version_tag(result.model_name, version, key, value)
+    run = client.get_run(result.candidate.run_id)
+    result.card = full_card(client, run, result)
+    client.log_text(run.info.run_id, result.card, MODEL_CARD_FILE)
+    client.update_model_version(result.model_name, version, description=version_description(result.card))
 
 
 def create_version(client: MlflowClient, result: Promotion, best: Candidate) -> ModelVersion:
@@ -265,12 +311,22 @@ def summary_lines(result: Promotion) -> list[str]:
     how = "registered as new version" if result.created else "already registered as version"
     moved = (f" (was version {result.previous_version})"
              if result.previous_version and result.previous_version != result.version else "")
-    return [f"{how} {result.version} of {result.model_name}; alias @{result.alias} -> version {result.version}{moved}",
-            f"data fingerprint: {result.tags.get(TAG_FINGERPRINT, 'see the version tags')}" if result.created else
-            f"version tags unchanged (run {result.candidate.run_id})",
-            f"judged on {result.gate_metric} = {result.gate_value:.4f}; ranked by {result.metric} = "
-            f"{result.candidate.value:.4f}",
-            result.model_uri]
+    assert result.candidate is not None
+    lines = [f"{how} {result.version} of {result.model_name}; alias @{result.alias} -> version {result.version}{moved}",
+             f"data fingerprint: {result.tags.get(TAG_FINGERPRINT, 'see the version tags')}" if result.created else
+             f"version tags unchanged (run {result.candidate.run_id})" if result.previous_point is None else
+             f"operating point of version {result.version} moved from {result.previous_point!r} "
+             f"(run {result.candidate.run_id})",
+             f"judged on {result.gate_metric} = {result.gate_value:.4f}; ranked by {result.metric} = "
+             f"{result.candidate.value:.4f}"]
+    if result.decision is not None:
+        lines += result.decision.lines()
+    elif result.kept_point:
+        kept = result.kept_point
+        lines.append(f"operating point unchanged: ALL at P(ALL) >= {kept.get(TAG_THRESHOLD, '0.5')} "
+                     f"({stored_point(kept) or 'default threshold 0.5'}); give --sensitivity or --specificity to "
+                     f"move it")
+    return lines + [result.model_uri]
 
 
 def promotion_json(result: Promotion) -> dict[str, Any]:
@@ -279,4 +335,15 @@ def promotion_json(result: Promotion) -> dict[str, Any]:
             "alias": result.alias, "version": result.version, "created": result.created,
             "refused": result.refused, "metric": result.metric, "value": best.value if best else None,
             "gate_metric": result.gate_metric, "gate_value": result.gate_value,
-            "run_id": best.run_id if best else None}
+            "run_id": best.run_id if best else None,
+            "operating_point": _point_json(result), "previous_operating_point": result.previous_point}
+
+
+def _point_json(result: Promotion) -> dict[str, Any] | None:
+    if result.decision is not None:
+        return {**result.decision.to_json(), "changed": True}
+    if result.kept_point:
+        kept = result.kept_point
+        return {"temperature": float(kept.get(TAG_TEMPERATURE, 1.0)), "threshold": float(kept.get(TAG_THRESHOLD, 0.5)),
+                "operating_point": stored_point(kept), "calibration": kept.get(TAG_CALIBRATION), "changed": False}
+    return None
