@@ -9,7 +9,6 @@ from leukotune.tuner.metrics import (
     confusion_matrix,
     format_value,
     roc_auc,
-    split_undefined,
     undefined_metrics,
     undefined_reasons,
 )
@@ -99,21 +98,3 @@ def test_undefined_values_read_as_undefined_with_their_reason():
     assert format_value(float("nan"), "no normal cells in this cohort") == "undefined (no normal cells in this cohort)"
     assert format_value(None) == "undefined" and format_value(0.0) == "0.0000" and format_value(3) == "3"
 
-
-def test_mlflow_gets_no_number_for_an_undefined_metric_but_a_tag_with_its_reason(tmp_path):
-    from mlflow.tracking import MlflowClient
-
-    from leukotune.tuner.tracking.client import Tracker
-
-    metrics = {"test_sensitivity": 0.5, "test_specificity": float("nan")}
-    defined, tags = split_undefined(metrics, {"test_specificity": "no normal cells in this cohort"})
-    assert defined == {"test_sensitivity": 0.5}
-    assert tags == {"leukotune.undefined.test_specificity": "no normal cells in this cohort"}
-    uri = f"sqlite:///{tmp_path / 'mlflow.db'}"
-    tracker = Tracker(uri, "undefined", log=lambda _msg: None)
-    run_id = tracker.create_run("trial", {})
-    tracker.log_metrics(run_id, defined, step=0)
-    tracker.set_tags(run_id, tags)
-    data = MlflowClient(tracking_uri=uri).get_run(run_id).data
-    assert data.metrics == {"test_sensitivity": 0.5}
-    assert data.tags["leukotune.undefined.test_specificity"] == "no normal cells in this cohort"

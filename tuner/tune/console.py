@@ -15,7 +15,7 @@ from typing import Any, TextIO
 from tqdm import tqdm
 
 from leukotune.data import CLASS_NAMES
-from leukotune.tuner.metrics import is_better
+from leukotune.tuner.metrics import format_value, is_better, undefined_metrics
 from leukotune.tuner.tracking.client import redact, training_view_url
 
 STATUS_REFRESH_S = 1.0
@@ -256,10 +256,10 @@ def print_final_metrics(metrics: dict[str, Any], metric: str) -> None:
             "val_f1_weighted", "val_f1_macro", "val_precision_all", "val_recall_all", "val_precision_hem",
             "val_recall_hem", "val_loss", "train_loss"]
     print("\nfinal metrics")
+    reasons = undefined_metrics(metrics, prefix="val_")  # e.g. precision_hem when no cell was called hem
     for key in keys:
         if key in metrics:
-            value = metrics[key]
-            print(f"  {key:<24} {value:.4f}" if isinstance(value, float) else f"  {key:<24} {value}")
+            print(f"  {key:<24} {format_value(metrics[key], reasons.get(key))}")
     cm = [[metrics.get(f"val_cm_true_{t}_pred_{p}", 0) for p in CLASS_NAMES] for t in CLASS_NAMES]
     names = "/".join(CLASS_NAMES)
     print(f"  confusion (rows true {names}, cols predicted {names}): {cm}")
