@@ -26,6 +26,7 @@ from .cnmc import load_manifest as load_manifest
 from .cnmc import parse_cell_name as parse_cell_name
 from .errors import DatasetError as DatasetError
 from .errors import ImageError as ImageError
+from .images import decode_image as decode_image
 from .images import probe_image as probe_image
 from .images import read_image as read_image
 from .preprocess import AUGMENTATIONS as AUGMENTATIONS
