@@ -11,8 +11,8 @@ donor), so each subject has one truth and its cells one verdict:
 - sensitivity (ALL patients called ALL) and specificity (normal donors called normal) with exact binomial
   (Clopper-Pearson) 95% intervals: here the patients are the independent draws, they are few, and the exact
   interval never covers less than it says.
-- ROC-AUC of the scores over patients, with no interval (with a handful of patients a bootstrap interval of an AUC
-  is unreliable, so none is given rather than a wrong one).
+- ROC-AUC of the scores over patients, with no interval: none is computed (with a handful of patients a bootstrap
+  interval of an AUC would be unreliable; the cell-level ROC-AUC has its interval by patient).
 - A metric the cohort cannot define (specificity without a normal donor, ROC-AUC with one class of patient) is NaN,
   with its reason in `undefined`.
 
