@@ -6,19 +6,20 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-import mlflow.pytorch
 import numpy as np
 import torch
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 from mlflow.entities import LoggedModelOutput, LoggedModelStatus, Metric
-from mlflow.models import Model, infer_signature
+from mlflow.models import Model
 
 from leukotune.tuner.metrics import CLASS_NAMES, confusion_from_metrics
+from leukotune.tuner.serving.image_model import DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD, save_image_model
 from leukotune.tuner.tracking.client import with_retries
 from leukotune.tuner.train.checkpoints import load_best, load_history, rebuild_model
 
 # Exact pins so a served model rebuilds with the versions it was trained with; also skips pip inference (slow).
+# leukotune itself is not on an index: the model's code is the installed package (`--env-manager local`).
 MODEL_REQUIREMENTS = ["torch==2.14.1", "torchvision==0.29.1", "numpy", "pillow"]
 FIGURE_DPI = 100
 
@@ -92,13 +93,16 @@ MODEL_TYPE = "leukotune-classifier"
 
 
 def log_pytorch_model(tracker, run_id: str, best: dict[str, Any], name: str = "model",
-                      tags: dict[str, str] | None = None) -> str:
+                      tags: dict[str, str] | None = None, *, temperature: float = DEFAULT_TEMPERATURE,
+                      threshold: float = DEFAULT_THRESHOLD) -> str:
     """Log the best epoch's network as a LoggedModel whose source is `run_id`; returns `models:/<model_id>`.
 
-    The MLmodel carries the signature, an input example and the trained-with preprocessing as metadata; a plain
-    state dict rides along as an extra file so `leukotune predict` rebuilds the network from the registry and loads
-    weights with `weights_only=True`, never unpickling a module from a server. The client API, not the fluent
-    `mlflow.pytorch.log_model`: that one resolves the experiment and server from process globals, which a
+    The model is a pyfunc that takes cell images (tuner/serving/image_model.py): `mlflow models serve` serves it.
+    Its MLmodel carries the image signature, a one-cell input example, and as metadata the trained-with
+    preprocessing and the operating point (`temperature`, `threshold`: as trained until calibration fits them); a
+    plain state dict is its artifact, so `leukotune predict` and the pyfunc rebuild the network from the registry
+    and load weights with `weights_only=True`, never unpickling a module from a server. The client API, not the
+    fluent `mlflow.pyfunc.log_model`: that one resolves the experiment and server from process globals, which a
     background thread of the driver must not rely on.
     """
     client = tracker.client
@@ -108,7 +112,8 @@ def log_pytorch_model(tracker, run_id: str, best: dict[str, Any], name: str = "m
         "create logged model", log=tracker.log)
     try:
         with tempfile.TemporaryDirectory(prefix="leukotune-model-") as tmp:
-            target = save_model_files(best, logged, run_id, Path(tmp))
+            target = save_model_files(best, logged, run_id, Path(tmp), temperature=temperature,
+                                      threshold=threshold)
             with_retries(lambda: client.log_model_artifacts(logged.model_id, str(target)), "log model",
                          log=tracker.log)
         link_best_metrics(tracker, run_id, logged.model_id, best)
@@ -120,28 +125,19 @@ def log_pytorch_model(tracker, run_id: str, best: dict[str, Any], name: str = "m
     return f"models:/{logged.model_id}"
 
 
-def save_model_files(best: dict[str, Any], logged, run_id: str, folder: Path) -> Path:
-    """The MLflow PyTorch model folder of `best`, stamped with the LoggedModel's id, written under `folder`."""
-    model = rebuild_model(best)
-    prep = best["preprocessing"]
-    channels = 1 if prep["color"] == "gray" else 3
-    # Two images, not one: MLflow exports the model with torch.export, which would pin a batch of 1.
-    example = np.zeros((2, channels, prep["image_size"], prep["image_size"]), dtype=np.float32)
-    with torch.no_grad():
-        output = model(torch.from_numpy(example)).numpy()
-    metadata = {"leukotune": {"preprocessing": prep, "model_name": best["model_name"],
-                              "model_kwargs": best["model_kwargs"], "best_epoch": best["epoch"],
-                              "class_names": ["hem", "all"], "state_dict": f"extra_files/{STATE_DICT_FILE}",
-                              "ensemble_members": int(best.get("ensemble_members", 0))}}
+def save_model_files(best: dict[str, Any], logged, run_id: str, folder: Path, *,
+                     temperature: float = DEFAULT_TEMPERATURE, threshold: float = DEFAULT_THRESHOLD) -> Path:
+    """The MLflow model folder of `best` (the pyfunc that takes cell images), stamped with the LoggedModel's id,
+    written under `folder`."""
     weights = folder / STATE_DICT_FILE
-    torch.save(model.state_dict(), weights)
-    target = folder / "model"
+    torch.save(rebuild_model(best).state_dict(), weights)
+    facts = {"preprocessing": best["preprocessing"], "model_name": best["model_name"],
+             "model_kwargs": best["model_kwargs"], "best_epoch": best["epoch"], "class_names": ["hem", "all"],
+             "ensemble_members": int(best.get("ensemble_members", 0)), "temperature": float(temperature),
+             "threshold": float(threshold)}
     stamp = Model(artifact_path=logged.artifact_location, model_uuid=logged.model_id, run_id=run_id,
                   model_id=logged.model_id)
-    mlflow.pytorch.save_model(model, str(target), mlflow_model=stamp, signature=infer_signature(example, output),
-                              input_example=example, metadata=metadata, extra_files=[str(weights)],
-                              pip_requirements=MODEL_REQUIREMENTS)
-    return target
+    return save_image_model(folder / "model", weights, facts, stamp, MODEL_REQUIREMENTS)
 
 
 def link_best_metrics(tracker, run_id: str, model_id: str, best: dict[str, Any]) -> None:
