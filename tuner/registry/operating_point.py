@@ -67,7 +67,8 @@ class Decision:
 
     def lines(self) -> list[str]:
         """For the terminal: the calibration, the threshold and why, and test rates at it with their intervals."""
-        calibration = (f"P(ALL) calibrated with temperature {self.temperature:.3f} (fitted on {self.calibration})"
+        calibration = (f"P(ALL) calibrated with temperature {self.temperature:.3f} (fitted on "
+                       f"{self.calibration.split(' (')[0]})"
                        if self.calibrated else "P(ALL) uncalibrated (temperature 1.0: the run has no validation "
                                                "scores)")
         point = self.point
