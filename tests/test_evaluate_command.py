@@ -94,7 +94,8 @@ def test_evaluate_gives_each_patient_the_mean_of_what_predict_gives_its_cells(mo
     for cls, name in (("all", "sensitivity"), ("hem", "specificity")):
         rows = [row for row in table.values() if row["truth"] == cls]
         right = sum(row["call"] == cls for row in rows)
-        assert metrics[f"patients_{cls}"] == len(rows) and metrics[f"patient_{name}"] == pytest.approx(right / len(rows))
+        assert metrics[f"patients_{cls}"] == len(rows)
+        assert metrics[f"patient_{name}"] == pytest.approx(right / len(rows))
         low, high = exact_interval(right, len(rows))
         assert (metrics[f"patient_{name}_ci95_low"], metrics[f"patient_{name}_ci95_high"]) == pytest.approx((low, high))
 
