@@ -26,14 +26,14 @@ from leukotune.models.ensemble import FoldEnsemble
 from leukotune.tuner.evaluation.inference import TrainedModel
 
 __all__ = ["DEFAULT_BOUND", "PER_GROUP", "Cell", "SaliencyReport", "choose_cells", "gradcam", "randomized_copy",
-           "rank_correlation", "saliency_report", "target_layers"]
+           "rank_correlation", "saliency_report", "target_layer", "target_layers"]
 
 # The check passes when the median Spearman rank correlation between a cell's map from the trained network and its
 # map from the randomised one is below this. At 0.5 the two rankings of the pixels share a quarter of their variance
-# (rho squared): the randomised network, which knows nothing of the training, still agrees with most of neither
-# map's ordering. Adebayo et al. (2018) saw maps that failed stay at rank correlations near 1 after full
-# randomisation, and maps that passed fall towards 0; 0.5 sits between with room for the agreement every map of a
-# bright cell on a black background shares. A convention, so the report always carries the number itself.
+# (rho squared). In Adebayo et al. (2018) the methods that failed (Guided Backprop, Guided Grad-CAM) kept visibly the
+# same maps once the weights were random, and those that passed (gradients, Grad-CAM) lost their resemblance; 0.5
+# sits between, with room for the agreement every map of a bright cell on a black background shares with any other.
+# A convention, so the report always carries the number itself.
 DEFAULT_BOUND = 0.5
 # Cells per (true class, called right or wrong) group: 2 x 2 x 2 = up to 8 cells.
 PER_GROUP = 2
@@ -181,7 +181,8 @@ def rank_correlation(trained: np.ndarray, randomized: np.ndarray) -> float:
     """Spearman's rank correlation of two maps over their pixels (ties share their mean rank, as in
     `scipy.stats.spearmanr`). NaN when the trained map is constant (blank: no ranking to keep); 0.0 when only the
     randomised one is (it keeps none of the trained map's ranking)."""
-    a, b = np.ravel(trained).astype(np.float64), np.ravel(randomized).astype(np.float64)
+    a: np.ndarray = np.ravel(trained).astype(np.float64)
+    b: np.ndarray = np.ravel(randomized).astype(np.float64)
     if np.ptp(a) == 0:
         return float("nan")
     if np.ptp(b) == 0:
