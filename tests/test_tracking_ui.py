@@ -10,6 +10,8 @@ import pytest
 
 from conftest import SHARED_EXPERIMENT, SHARED_TRIALS, study_runs
 
+from leukotune.tuner.registry.model_uris import process_tracking_uri
+
 pytestmark = pytest.mark.slow
 
 EXPERIMENT = SHARED_EXPERIMENT
@@ -53,13 +55,9 @@ def test_the_study_run_holds_the_leaderboard_table_and_the_winner(finished_study
     _, uri = finished_study
     client, parents, trials = study_runs(uri, EXPERIMENT)
     parent = parents[0]
-    previous = mlflow.get_tracking_uri()
-    mlflow.set_tracking_uri(uri)
-    try:
+    with process_tracking_uri(uri):  # and back to unset after, environment included
         mlflow.set_experiment(EXPERIMENT)
         table = mlflow.load_table("leaderboard_table.json", run_ids=[parent.info.run_id])
-    finally:
-        mlflow.set_tracking_uri(previous)
     trial_ids = {run.data.tags["leukotune.trial_id"] for run in trials}
     assert set(table["trial"]) == trial_ids and table["rank"].tolist() == list(range(1, SHARED_TRIALS + 1))
     assert {"status", "epochs", METRIC, "conv_layers", "kernel_size", "optimizer", "lr"} <= set(table.columns)
