@@ -81,6 +81,7 @@ class DataConfig(_Section):
     # Cross-validation inside every trial: K folds of the non-test patients (stratified by class), K models trained
     # side by side and scored by their mean; the trial's model is their ensemble. 0: one train/validation split.
     # With split: fold the folds are C-NMC's own (K must be their number); with split: image, folds of cells.
+    # val_fraction and val_fold do not apply then: each fold is a validation side in turn.
     cv_folds: int = Field(0, ge=0, le=20)
 
     _split = field_validator("split")(lambda v: _one_of(v, SPLIT_METHODS))

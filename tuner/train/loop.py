@@ -350,7 +350,9 @@ def _train(study: StudyConfig, session: Session, log) -> dict[str, Any]:
     device = session.device()
     configure_device(device)
     data = prepare_study_data(study)  # its test_idx is never read here: the test side waits for the search's end
-    # One normalisation for all of a trial's models (their ensemble is fed one way): the cells they train on.
+    # One normalisation for all of a trial's models (their ensemble is fed one way): the cells they train on. With
+    # cross-validation that is every non-test cell, so each fold model's mean/std includes its own validation fold's
+    # pixels: a first-order pixel statistic, no labels; the price of feeding the ensemble one way.
     prep = preprocessing_facts(study, data.images, np.concatenate([t for t, _ in data.fold_sides()]))
     kwargs = model_kwargs(train)
     pipeline = choose_pipeline(study, data, session, log)
@@ -374,7 +376,9 @@ def _train(study: StudyConfig, session: Session, log) -> dict[str, Any]:
             history.append({k: v for k, v in epoch_metrics.items() if isinstance(v, (int, float))})
             last = {**epoch_metrics, "best_epoch": loop.best_epoch, f"best_{metric}": loop.best_value,
                     **({f"best_{metric}_std": loop.best_spread} if loop.best_spread is not None else {}),
-                    "train_samples": folds[0].train_samples, "val_samples": folds[0].val_samples,
+                    # per model: a cross-validated trial's fold models each train and validate on this many
+                    "train_samples": round(np.mean([f.train_samples for f in folds])),
+                    "val_samples": round(np.mean([f.val_samples for f in folds])),
                     "cv_folds": len(folds) if len(folds) > 1 else 0,
                     "data_fingerprint": data.fingerprint, "device": describe_device(device), "pipeline": pipeline}
             best = None
