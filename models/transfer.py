@@ -180,97 +180,44 @@ def _build_transfer(
     return TransferNet(backbone, head, in_channels).train()
 
 
-@register_model("resnet50", mean=IMAGENET_MEAN, std=IMAGENET_STD)
-def build_resnet50(
-    *,
-    weights: WeightsArg = None,
-    freeze: bool = True,
-    unfreeze: int = 0,
-    dropout: float = 0.2,
-    dense: int = 128,
-    in_channels: int = 3,
-    image_size: int = 224,
-    num_classes: int = 2,
-) -> TransferNet:
-    """ResNet-50 under the paper's head; ``unfreeze`` counts bottleneck blocks (0-16) from the top."""
-    return _build_transfer(
-        "resnet50", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
-        in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-    )  # fmt: skip
+def _transfer_builder(arch: str, default_image_size: int, doc: str) -> Callable[..., TransferNet]:
+    """The registered builder of one backbone: the same keyword arguments for every one (the registry reads them,
+    and `image_size`'s default, from the signature), differing only in the architecture and its native size."""
+
+    def build(
+        *,
+        weights: WeightsArg = None,
+        freeze: bool = True,
+        unfreeze: int = 0,
+        dropout: float = 0.2,
+        dense: int = 128,
+        in_channels: int = 3,
+        image_size: int = default_image_size,
+        num_classes: int = 2,
+    ) -> TransferNet:
+        return _build_transfer(
+            arch, weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
+            in_channels=in_channels, image_size=image_size, num_classes=num_classes,
+        )  # fmt: skip
+
+    build.__name__ = build.__qualname__ = f"build_{arch}"
+    build.__doc__ = doc
+    return register_model(arch, mean=IMAGENET_MEAN, std=IMAGENET_STD)(build)
 
 
-@register_model("mobilenet_v2", mean=IMAGENET_MEAN, std=IMAGENET_STD)
-def build_mobilenet_v2(
-    *,
-    weights: WeightsArg = None,
-    freeze: bool = True,
-    unfreeze: int = 0,
-    dropout: float = 0.2,
-    dense: int = 128,
-    in_channels: int = 3,
-    image_size: int = 224,
-    num_classes: int = 2,
-) -> TransferNet:
-    """MobileNetV2 under the paper's head; ``unfreeze`` counts ``features`` entries (0-19) from the top."""
-    return _build_transfer(
-        "mobilenet_v2", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
-        in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-    )  # fmt: skip
-
-
-@register_model("efficientnet_b0", mean=IMAGENET_MEAN, std=IMAGENET_STD)
-def build_efficientnet_b0(
-    *,
-    weights: WeightsArg = None,
-    freeze: bool = True,
-    unfreeze: int = 0,
-    dropout: float = 0.2,
-    dense: int = 128,
-    in_channels: int = 3,
-    image_size: int = 224,
-    num_classes: int = 2,
-) -> TransferNet:
-    """EfficientNet-B0 under the paper's head; ``unfreeze`` counts blocks (0-18: stem, 16 MBConv, 1x1 conv)."""
-    return _build_transfer(
-        "efficientnet_b0", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
-        in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-    )  # fmt: skip
-
-
-@register_model("efficientnet_b1", mean=IMAGENET_MEAN, std=IMAGENET_STD)
-def build_efficientnet_b1(
-    *,
-    weights: WeightsArg = None,
-    freeze: bool = True,
-    unfreeze: int = 0,
-    dropout: float = 0.2,
-    dense: int = 128,
-    in_channels: int = 3,
-    image_size: int = 240,  # B1 was trained (and its weights evaluated) at 240 px, B0 at 224
-    num_classes: int = 2,
-) -> TransferNet:
-    """EfficientNet-B1 under the paper's head; ``unfreeze`` counts blocks (0-25: stem, 23 MBConv, 1x1 conv)."""
-    return _build_transfer(
-        "efficientnet_b1", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
-        in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-    )  # fmt: skip
-
-
-@register_model("convnext_tiny", mean=IMAGENET_MEAN, std=IMAGENET_STD)
-def build_convnext_tiny(
-    *,
-    weights: WeightsArg = None,
-    freeze: bool = True,
-    unfreeze: int = 0,
-    dropout: float = 0.2,
-    dense: int = 128,
-    in_channels: int = 3,
-    image_size: int = 224,
-    num_classes: int = 2,
-) -> TransferNet:
-    """ConvNeXt-Tiny under the paper's head; ``unfreeze`` counts blocks (0-23: stem, 18 CNBlocks, 3 downsamplings,
-    the final LayerNorm) from the top."""
-    return _build_transfer(
-        "convnext_tiny", weights=weights, freeze=freeze, unfreeze=unfreeze, dropout=dropout, dense=dense,
-        in_channels=in_channels, image_size=image_size, num_classes=num_classes,
-    )  # fmt: skip
+build_resnet50 = _transfer_builder(
+    "resnet50", 224, "ResNet-50 under the paper's head; ``unfreeze`` counts bottleneck blocks (0-16) from the top.")
+build_mobilenet_v2 = _transfer_builder(
+    "mobilenet_v2", 224,
+    "MobileNetV2 under the paper's head; ``unfreeze`` counts ``features`` entries (0-19) from the top.")
+build_efficientnet_b0 = _transfer_builder(
+    "efficientnet_b0", 224,
+    "EfficientNet-B0 under the paper's head; ``unfreeze`` counts blocks (0-18: stem, 16 MBConv, 1x1 conv).")
+# B1 was trained (and its weights evaluated) at 240 px, B0 at 224.
+build_efficientnet_b1 = _transfer_builder(
+    "efficientnet_b1", 240,
+    "EfficientNet-B1 under the paper's head; ``unfreeze`` counts blocks (0-25: stem, 23 MBConv, 1x1 conv).")
+build_convnext_tiny = _transfer_builder(
+    "convnext_tiny", 224,
+    "ConvNeXt-Tiny under the paper's head; ``unfreeze`` counts blocks (0-23: stem, 18 CNBlocks, 3 downsamplings, "
+    "the final LayerNorm) from the top.")
