@@ -1,4 +1,5 @@
-"""What a promoted model carries besides its weights: the test gate, its test numbers as tags, and a model card.
+"""What a promoted model carries besides its weights: the test gate, its test numbers as tags, and a model card
+whose reporting checklist (TRIPOD+AI, CLAIM) is filled from the records by `checklist.py`.
 
 Selection ranks trials by validation (that is what selection means), but the best of many validation scores is
 flattered by the choosing; the bar a model must clear, and the numbers a reader sees, are the test side's: subjects
@@ -6,19 +7,31 @@ no trial trained or was selected on, with 95% intervals from a bootstrap over pa
 """
 from __future__ import annotations
 
-import json
 import math
-import tempfile
 from typing import TYPE_CHECKING, Any
 
 from leukotune.tuner.evaluation.intervals import CI_METRICS
-from leukotune.tuner.tracking.client import PARENT_TAG, TAG_FINGERPRINT, TAG_STUDY, TAG_TRIAL
+from leukotune.tuner.registry.checklist import (
+    Records,
+    calibration_lines,
+    checklist_lines,
+    data_lines,
+    failure_lines,
+    number,
+    patient_lines,
+    read_records,
+    saliency_lines,
+    software_lines,
+    test_patients,
+    tuning_lines,
+)
+from leukotune.tuner.metrics import TAG_UNDEFINED
+from leukotune.tuner.tracking.client import TAG_STUDY, TAG_TRIAL
 
 if TYPE_CHECKING:
     from mlflow.entities import Run
+    from mlflow.entities.model_registry import ModelVersion
     from mlflow.tracking import MlflowClient
-
-    from leukotune.tuner.registry.operating_point import Decision
 
 MODEL_CARD_FILE = "model_card.md"
 DESCRIPTION_LIMIT = 4900  # the registry stores at most 5,000 characters of a version's description
@@ -43,47 +56,54 @@ def held_out_tags(run: Run) -> dict[str, str]:
             if key.startswith("test_")}
 
 
-def _download_json(client: MlflowClient, run_id: str, path: str) -> Any:
-    try:
-        with tempfile.TemporaryDirectory(prefix="leukotune-card-") as tmp:
-            with open(client.download_artifacts(run_id, path, tmp)) as handle:
-                return json.load(handle)
-    except Exception:  # noqa: BLE001 - a card says "unknown" rather than failing a promotion over a missing file
-        return None
+def model_card(client: MlflowClient, run: Run, model_name: str, ranked_by: str, tags: dict[str, str],
+               version: str | None = None) -> str:
+    """Markdown, read from the records: what the model is and is not for, validation vs test with intervals,
+    calibration and operating point (from the version's `tags`), patient-level results, then the reporting
+    checklist's items (data and partitions, participant flow, tuning and selection, saliency, failure analysis,
+    software) and what a person must still write. The registry keeps the first 4,900 characters as the version's
+    description; the whole card is the run's `model_card.md`."""
+    records = read_records(client, run)
+    patients = test_patients(records, tags)
+    sections = [_header_lines(records, model_name, ranked_by, version), _use_lines(),
+                _results_lines(records, ranked_by), calibration_lines(records, tags), patient_lines(records, patients),
+                data_lines(records), tuning_lines(records, ranked_by), saliency_lines(records),
+                failure_lines(records, patients, tags), software_lines(records), checklist_lines()]
+    return "\n\n".join("\n".join(lines) for lines in sections) + "\n"
 
 
-def model_card(client: MlflowClient, run: Run, model_name: str, ranked_by: str) -> str:
-    """Markdown: data fingerprint, subjects per side, split, validation vs test with intervals, preprocessing, the
-    study and trial, intended use and limits."""
-    tags, metrics = run.data.tags, run.data.metrics
-    parent = client.get_run(tags[PARENT_TAG]) if tags.get(PARENT_TAG) else None
-    params = parent.data.params if parent else {}
-    sides = (_download_json(client, parent.info.run_id, "data/split.json") if parent else None) or {}
-    best = _download_json(client, run.info.run_id, "best_epoch.json") or {}
-    fingerprint = tags.get(TAG_FINGERPRINT) or (parent.data.tags.get(TAG_FINGERPRINT) if parent else None)
-    lines = [f"# {model_name}: ALL vs hem single-cell classifier", "",
-             f"Study `{tags.get(TAG_STUDY, 'unknown')}`, trial `{tags.get(TAG_TRIAL, 'unknown')}`, run "
-             f"`{run.info.run_id}`; chosen as the best by `{ranked_by}` (validation).", "",
-             *_cross_validation_lines(metrics, ranked_by),
-             "## Data", "",
-             f"- fingerprint `{fingerprint or 'unknown'}`; validation split `{params.get('data.split_method', '?')}`;"
-             f" test side from `{params.get('data.test_source', '?')}` (always subject-disjoint)",
-             *_side_lines(params, sides), "",
-             "## Validation vs test", "",
-             "| metric | validation (best epoch) | test | test 95% CI (bootstrap over patients) |",
-             "| --- | --- | --- | --- |",
-             *_metric_rows(best.get("metrics", {}), metrics), "",
-             _preprocessing_line(best.get("preprocessing")), "",
-             "## Intended use and limits", "",
-             "- Research use only; not a medical device and not validated for clinical decisions.",
-             "- Cell-level classification of single segmented B-lymphoid cell images (C-NMC 2019 style). It is not a "
-             "patient-level diagnosis: a patient's status is not the vote of their cells without further validation.",
-             "- The validation number is the best of many trials and reads high; quote the test number with its "
-             "interval. Few test patients make a wide interval; a class with one test subject shows no between-"
-             "patient spread for that class (its interval is too narrow).",
-             "- Images from another lab, stain or scanner may score very differently: check with "
-             "`leukotune evaluate` on a labelled folder of your own before relying on it."]
-    return "\n".join(lines) + "\n"
+def _header_lines(records: Records, model_name: str, ranked_by: str, version: str | None) -> list[str]:
+    tags, run_id = records.run.data.tags, records.run.info.run_id
+    registered = f"version {version} of `{model_name}`" if version else f"`{model_name}`"
+    return [f"# {model_name}: ALL vs hem single-cell classifier", "",
+            f"Study `{tags.get(TAG_STUDY, 'unknown')}`, trial `{tags.get(TAG_TRIAL, 'unknown')}`, run `{run_id}`; "
+            f"chosen as the best by `{ranked_by}` (validation). Registered as {registered}.", "",
+            f"Every number below is read from the MLflow records named beside it. The full card is the artifact "
+            f"`runs:/{run_id}/{MODEL_CARD_FILE}`; `leukotune report --model models:/{model_name}/<version>` writes "
+            f"it again from the records."]
+
+
+def _use_lines() -> list[str]:
+    return ["## Intended use and limits", "",
+            "- Research use only; not a medical device and not validated for clinical decisions.",
+            "- Cell-level classification of single segmented B-lymphoid cell images (C-NMC 2019 style). It is not a "
+            "patient-level diagnosis: the patient-level results below pool one subject's cells, on few test "
+            "subjects, and have not been validated as a diagnostic rule.",
+            "- The validation number is the best of many trials and reads high; quote the test number with its "
+            "interval. Few test patients make a wide interval; a class with one test subject shows no between-"
+            "patient spread for that class (its interval is too narrow).",
+            "- Images from another lab, stain or scanner may score very differently: check with "
+            "`leukotune evaluate` on a labelled folder of your own before relying on it."]
+
+
+def _results_lines(records: Records, ranked_by: str) -> list[str]:
+    best = records.file("best_epoch")
+    return ["## Validation vs test", "", *_cross_validation_lines(records.metrics, ranked_by),
+            "| metric | validation (best epoch) | test | test 95% CI (bootstrap over patients) |",
+            "| --- | --- | --- | --- |", *_metric_rows(best.get("metrics", {}), records.metrics,
+                                                    records.run.data.tags), "",
+            f"Cells called at P(ALL) >= 0.5 as trained (run metrics `test_*`, `best_epoch.json`); the version's "
+            f"own threshold is in the next section. {_preprocessing_line(best.get('preprocessing'))}"]
 
 
 def _cross_validation_lines(metrics: dict[str, float], ranked_by: str) -> list[str]:
@@ -97,33 +117,19 @@ def _cross_validation_lines(metrics: dict[str, float], ranked_by: str) -> list[s
             f"(their class probabilities averaged); each saw the patients of the other folds.", ""]
 
 
-def _side_lines(params: dict[str, str], sides: dict[str, list[str]]) -> list[str]:
-    lines = []
-    for side in ("train", "val", "test"):
-        cells = ", ".join(f"{params.get(f'data.{side}_{name}_cells', '?')} {name.upper() if name == 'all' else name}"
-                          for name in ("all", "hem"))
-        subjects = sides.get(side)
-        listed = f"{len(subjects)} subjects" if subjects is not None else "subjects unknown"
-        if subjects and side == "test":
-            listed += f" ({', '.join(subjects[:40])}{', ...' if len(subjects) > 40 else ''})"
-        lines.append(f"- {side}: {cells} cells; {listed}")
-    return lines
-
-
-def _metric_rows(val: dict[str, float], metrics: dict[str, float]) -> list[str]:
+def _metric_rows(val: dict[str, float], metrics: dict[str, float], tags: dict[str, str]) -> list[str]:
+    """One row per CARD_METRICS entry; a test metric the test side could not define reads `undefined (reason)`,
+    from its `leukotune.undefined.test_<metric>` tag."""
     aliases = {"sensitivity": "recall_all", "specificity": "recall_hem"}
     spelled = {"sensitivity": "sensitivity (recall of ALL)", "specificity": "specificity (recall of hem)"}
-
-    def text(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
-
     rows = []
     for name in CARD_METRICS:
         low, high = metrics.get(f"test_{name}_ci95_low"), metrics.get(f"test_{name}_ci95_high")
-        interval = f"{text(low)} - {text(high)}" if low is not None else "-"
-        label = spelled.get(name, name)
-        rows.append(f"| {label} | {text(val.get('val_' + aliases.get(name, name)))} | "
-                    f"{text(metrics.get('test_' + name))} | {interval} |")
+        interval = f"{number(low)} - {number(high)}" if low is not None else "-"
+        reason = tags.get(f"{TAG_UNDEFINED}test_{name}")
+        test = f"undefined ({reason})" if reason else number(metrics.get("test_" + name))
+        rows.append(f"| {spelled.get(name, name)} | {number(val.get('val_' + aliases.get(name, name)))} | "
+                    f"{test} | {interval} |")
     return rows
 
 
@@ -140,43 +146,33 @@ def _rounded(values: Any) -> str:
 
 
 def version_description(card: str) -> str:
-    """The card as the version's description, cut to what the registry stores (the full card is an artifact)."""
+    """The card as the version's description, cut to what the registry stores (the full card is an artifact, named
+    in the card's opening lines)."""
     if len(card) <= DESCRIPTION_LIMIT:
         return card
     return card[:DESCRIPTION_LIMIT].rsplit("\n", 1)[0] + f"\n\n(cut; the full card is the run's {MODEL_CARD_FILE})\n"
 
 
-def calibration_card_lines(decision: Decision, metrics: dict[str, float]) -> list[str]:
-    """The card's "Calibration and operating point" section: the temperature and where it was fitted, test ECE and
-    Brier score before and after, the threshold with its target, and test sensitivity and specificity there with
-    their patient-bootstrap intervals."""
-    def text(value: Any) -> str:
-        return f"{value:.4f}" if isinstance(value, (int, float)) and math.isfinite(value) else "-"
+class NotAVersionError(ValueError):
+    """`leukotune report --model` names something other than a registered version."""
 
-    lines = ["## Calibration and operating point", ""]
-    if decision.calibrated:
-        lines.append(f"- P(ALL) is calibrated by temperature scaling: the logits are divided by "
-                     f"{decision.temperature:.4f}, fitted (minimum negative log-likelihood) on {decision.calibration},"
-                     f" never on test.")
-        if "test_ece" in metrics:
-            lines.append(f"- On test, expected calibration error (10 equal-width bins of P(ALL)) "
-                         f"{text(metrics.get('test_ece'))} as trained, {text(metrics.get('test_ece_calibrated'))} "
-                         f"calibrated; Brier score {text(metrics.get('test_brier'))} -> "
-                         f"{text(metrics.get('test_brier_calibrated'))}.")
-        if decision.calibration.startswith("out-of-fold"):
-            lines.append("- The model is an ensemble of fold models, and each validation cell was scored by the fold "
-                         "model that did not train on it; the ensemble is smoother than any one fold model, so its "
-                         "calibration and threshold are approximate (the test numbers above say how close).")
-    else:
-        lines.append("- P(ALL) is not calibrated (temperature 1.0): the trial has no validation scores.")
-    point = decision.point
-    lines.append(f"- A cell is called ALL at calibrated P(ALL) >= {point.threshold:.4f} ({point.describe()}: "
-                 f"sensitivity {text(point.val_sensitivity)}, specificity {text(point.val_specificity)} there).")
-    if point.warning:
-        lines.append(f"- The target is {point.warning}.")
-    test = decision.test
-    if test:
-        lines.append("- At that threshold on test: " + "; ".join(
-            f"{name} {text(test.get(name))} (95% CI by patient {text(test.get(f'{name}_ci95_low'))} - "
-            f"{text(test.get(f'{name}_ci95_high'))})" for name in ("sensitivity", "specificity")) + ".")
-    return lines
+
+def registered_version(client: MlflowClient, model_uri: str) -> ModelVersion:
+    """The version behind `models:/NAME@alias` or `models:/NAME/N` (a report is of a registered version: only
+    promote gives a model its threshold and card)."""
+    name_part = model_uri.removeprefix("models:/")
+    if name_part == model_uri or not name_part or ("@" not in name_part and "/" not in name_part):
+        raise NotAVersionError(f"--model {model_uri!r}: give a registered version, models:/NAME@alias or "
+                               f"models:/NAME/VERSION (a report is written for what `leukotune promote` registered)")
+    if "@" in name_part:
+        name, alias = name_part.rsplit("@", 1)
+        return client.get_model_version_by_alias(name, alias)
+    name, number_text = name_part.rsplit("/", 1)
+    return client.get_model_version(name, number_text)
+
+
+def version_card(client: MlflowClient, version: ModelVersion) -> str:
+    """The card of a registered version, written again from its run's records and its own tags."""
+    tags = dict(version.tags or {})
+    return model_card(client, client.get_run(version.run_id), version.name,
+                      tags.get("leukotune.metric", "unknown"), tags, str(version.version))

@@ -22,7 +22,6 @@ from leukotune.tuner.metrics import metric_on_test, ranking_key
 from leukotune.tuner.evaluation.calibration import TAG_CALIBRATION, TAG_TEMPERATURE, TAG_THRESHOLD
 from leukotune.tuner.registry.model_card import (
     MODEL_CARD_FILE,
-    calibration_card_lines,
     held_out_tags,
     missing_test_reason,
     model_card,
@@ -252,10 +251,9 @@ def register_and_alias(client: MlflowClient, result: Promotion, experiment: str,
         run = client.get_run(best.run_id)
         result.tags = version_tags(client, run, best, result.metric, experiment) | held_out_tags(run)
         result.tags |= decision.tags() if decision else {}
-        result.card = full_card(client, run, result)
-        client.log_text(best.run_id, result.card, MODEL_CARD_FILE)
         version = create_version(client, result, best)
         result.created = True
+        store_card(client, result, run, str(version.version), result.tags)
     elif targeted and decision and _moved(version.tags, decision):
         result.previous_point = stored_point(version.tags) or "none"
         move_operating_point(client, result, str(version.version), decision)
@@ -266,12 +264,12 @@ def register_and_alias(client: MlflowClient, result: Promotion, experiment: str,
     client.set_registered_model_alias(result.model_name, result.alias, result.version)
 
 
-def full_card(client: MlflowClient, run: Run, result: Promotion) -> str:
-    """The model card with its calibration and operating point section."""
-    card = model_card(client, run, result.model_name, result.metric)
-    if result.decision is None:
-        return card
-    return card + "\n" + "\n".join(calibration_card_lines(result.decision, run.data.metrics)) + "\n"
+def store_card(client: MlflowClient, result: Promotion, run: Run, version: str, tags: dict[str, str]) -> None:
+    """Write the version's model card from the records and its `tags`: the run's `model_card.md` and, cut to what
+    the registry keeps, the version's description."""
+    result.card = model_card(client, run, result.model_name, result.metric, tags, version)
+    client.log_text(run.info.run_id, result.card, MODEL_CARD_FILE)
+    client.update_model_version(result.model_name, version, description=version_description(result.card))
 
 
 def _moved(tags: dict[str, str], decision: Decision) -> bool:
@@ -282,10 +280,8 @@ def move_operating_point(client: MlflowClient, result: Promotion, version: str, 
     """A new operating point on an existing version: its tags, and its card (run artifact and description)."""
     for key, value in decision.tags().items():
         client.set_model_version_tag(result.model_name, version, key, value)
-    run = client.get_run(result.candidate.run_id)
-    result.card = full_card(client, run, result)
-    client.log_text(run.info.run_id, result.card, MODEL_CARD_FILE)
-    client.update_model_version(result.model_name, version, description=version_description(result.card))
+    tags = dict(client.get_model_version(result.model_name, version).tags or {})
+    store_card(client, result, client.get_run(result.candidate.run_id), version, tags)
 
 
 def create_version(client: MlflowClient, result: Promotion, best: Candidate) -> ModelVersion:
@@ -295,8 +291,8 @@ def create_version(client: MlflowClient, result: Promotion, best: Candidate) -> 
     with process_tracking_uri(client.tracking_uri):  # the SQLite registry looks the LoggedModel up through these
         version = client.create_model_version(result.model_name, source=best.model_uri, run_id=best.run_id,
                                               tags=result.tags, model_id=model_id,
-                                              description=version_description(result.card) if result.card else
-                                              f"{result.metric} = {best.value:.4f} (run {best.run_id})")
+                                              description=f"{result.metric} = {best.value:.4f} (run {best.run_id});"
+                                                          f" the model card follows")
     if model_id:
         listed = json.loads(client.get_logged_model(model_id).tags.get(MLFLOW_MODEL_VERSIONS) or "[]")
         listed.append({"name": version.name, "version": version.version})
@@ -319,6 +315,10 @@ def summary_lines(result: Promotion) -> list[str]:
              f"(run {result.candidate.run_id})",
              f"judged on {result.gate_metric} = {result.gate_value:.4f}; ranked by {result.metric} = "
              f"{result.candidate.value:.4f}"]
+    if result.card:
+        lines.append(f"model card with its reporting checklist: runs:/{result.candidate.run_id}/{MODEL_CARD_FILE} "
+                     f"(and the version's description; `leukotune report --model {result.model_uri}` writes it "
+                     f"again)")
     if result.decision is not None:
         lines += result.decision.lines()
     elif result.kept_point:
