@@ -27,6 +27,7 @@ COMMANDS: dict[str, Handler] = {
     "jobs logs": studies.jobs_logs,
     "jobs stop": studies.jobs_stop,
     "promote": models.promote,
+    "report": models.report,
     "evaluate": models.evaluate,
     "predict": models.predict,
     "weights fetch": models.weights_fetch,

@@ -1,4 +1,5 @@
-"""Models: `leukotune promote` (register a study's best trial under an alias), `leukotune evaluate` (metrics with
+"""Models: `leukotune promote` (register a study's best trial under an alias), `leukotune report` (a registered
+version's model card and reporting checklist, written again from the records), `leukotune evaluate` (metrics with
 intervals by patient on a labelled folder), `leukotune predict` (classify images), and `leukotune weights fetch`
 (torchvision's ImageNet files, downloaded once by a person)."""
 from __future__ import annotations
@@ -17,6 +18,7 @@ ARCHS = ("convnext_tiny", "efficientnet_b0", "efficientnet_b1", "mobilenet_v2", 
 
 def add_commands(commands: argparse._SubParsersAction) -> None:
     _add_promote(commands)
+    _add_report(commands)
     _add_evaluate(commands)
     _add_predict(commands)
     _add_weights(commands)
@@ -52,6 +54,15 @@ def _add_promote(commands: argparse._SubParsersAction) -> None:
     promote.add_argument("--json", action="store_true", help="print one JSON object")
     _tracking_arg(promote)
     promote.set_defaults(command="promote")
+
+
+def _add_report(commands: argparse._SubParsersAction) -> None:
+    report = commands.add_parser("report", help="a registered version's model card with its reporting checklist "
+                                                "(TRIPOD+AI, CLAIM), written again from the records, as Markdown")
+    report.add_argument("--model", required=True, help="models:/NAME@alias or models:/NAME/VERSION")
+    report.add_argument("--out", type=Path, help="write the Markdown to this file (default: print it)")
+    _tracking_arg(report)
+    report.set_defaults(command="report")
 
 
 def _rate(text: str) -> float:
@@ -140,6 +151,31 @@ def promote(args: argparse.Namespace) -> int:
         for line in summary_lines(result):
             print(line, file=sys.stderr if result.refused else sys.stdout)
     return EXIT_FAILED if result.refused else EXIT_OK
+
+
+def report(args: argparse.Namespace) -> int:
+    from mlflow.exceptions import MlflowException
+    from mlflow.tracking import MlflowClient
+
+    from leukotune.tuner.registry.model_card import NotAVersionError, registered_version, version_card
+    from leukotune.tuner.tracking.client import check_reachable, request_failure, resolve_tracking_uri
+
+    tracking_uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(tracking_uri)
+    client = MlflowClient(tracking_uri=tracking_uri, registry_uri=tracking_uri)
+    try:
+        version = registered_version(client, args.model)
+        card = version_card(client, version)
+    except NotAVersionError as exc:
+        return _fail(str(exc))
+    except MlflowException as exc:
+        return _fail(request_failure(exc, tracking_uri))
+    if args.out is None:
+        print(card, end="")
+        return EXIT_OK
+    args.out.write_text(card)
+    _info(f"model card of version {version.version} of {version.name} (run {version.run_id}) written to {args.out}")
+    return EXIT_OK
 
 
 # ---------------------------------------------------------------- judging a model
