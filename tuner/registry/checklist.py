@@ -36,6 +36,8 @@ SALIENCY_FIGURES = ("saliency/gradcam_cells.png", "saliency/randomisation_check.
 PATIENTS_TABLE = "patients.json"
 TAG_CODE_VERSION = "leukotune.code_version"
 WORST = 5  # cells listed in the failure analysis
+# The training settings the card names as fixed when the search does not vary them.
+FIXED_SHOWN = ("model", "weights", "image_size", "color", "batch_size", "optimizer", "augment", "class_weights")
 
 
 @dataclass(frozen=True)
@@ -192,12 +194,10 @@ def tuning_lines(records: Records, ranked_by: str) -> list[str]:
     tune, train = config.get("tune", {}), config.get("train", {})
     trials = records.parent.data.metrics.get("trials") if records.parent else None
     space = records.file("space") or tune.get("space", {})
-    chosen = {k: v for k, v in records.run.data.params.items() if k in space}
     return ["## Tuning and selection (study run: `config/resolved.json`, `config/search_space.json`)", "",
             "- Search space: " + ("; ".join(f"`{k}` {_distribution(v)}" for k, v in space.items()) or "none") +
-            f". Fixed: model `{train.get('model', '?')}`, image size {train.get('image_size', '?')} px "
-            f"{train.get('color', '?')}, batch size {train.get('batch_size', '?')}, augmentation "
-            f"`{train.get('augment', '?')}`.",
+            ". Fixed: " + (", ".join(f"`{k}` {train[k]}" for k in FIXED_SHOWN if k in train and k not in space)
+                           or "-") + ".",
             f"- Budget: tune.num_samples {tune.get('num_samples', '?')} trials ({number(trials, 0)} ran), at most "
             f"train.epochs {train.get('epochs', '?')} epochs each, {tune.get('max_concurrent') or 'as many as fit'}"
             f" at a time.",
@@ -205,11 +205,17 @@ def tuning_lines(records: Records, ranked_by: str) -> list[str]:
             f"- Selection: each trial's best epoch by `{tune.get('metric', '?')}` ({tune.get('mode', '?')}) on "
             f"validation; the top tune.test_top_k {tune.get('test_top_k', '?')} trials by it were scored once on "
             f"test; `leukotune promote` registered the best by `{ranked_by}` and judged it on its test score.",
-            "- This trial: " + (", ".join(f"`{k}` = {v}" for k, v in sorted(chosen.items())) or "no searched "
-                                "parameters recorded") + f"; best epoch {records.file('best_epoch').get('best_epoch', '?')}"
-            + (f"; selection gap of the study's winner {number(records.parent.data.metrics.get('selection_gap'))} "
-               f"(validation minus test)" if records.parent and 'selection_gap' in records.parent.data.metrics else
-               "") + "."]
+            _trial_line(records, space)]
+
+
+def _trial_line(records: Records, space: dict[str, Any]) -> str:
+    """The promoted trial's searched values, its best epoch and the study winner's selection gap."""
+    chosen = ", ".join(f"`{k}` = {v}" for k, v in sorted(records.run.data.params.items()) if k in space)
+    gap = records.parent.data.metrics.get("selection_gap") if records.parent else None
+    return (f"- This trial: {chosen or 'no searched parameters recorded'}; best epoch "
+            f"{records.file('best_epoch').get('best_epoch', '?')}"
+            + (f"; selection gap of the study's winner {number(gap)} (validation minus test)" if gap is not None
+               else "") + ".")
 
 
 def _distribution(entry: Any) -> str:
@@ -362,8 +368,8 @@ def _cell_failure_lines(records: Records, tags: dict[str, str]) -> list[str]:
         return lines
     shown = {int(c["index"]) for c in records.file("saliency").get("cells", [])}
     surest = wrong[np.argsort(-np.abs(prob[wrong] - labels[wrong]), kind="stable")][:WORST]
-    lines += ["", "| test cell | subject | truth | calibrated P(ALL) | in the saliency figures |", "| --- | --- | --- | "
-              "--- | --- |"]
+    lines += ["", "| test cell | subject | truth | calibrated P(ALL) | in the saliency figures |",
+              "| --- | --- | --- | --- | --- |"]
     lines += [f"| {i} | {subjects[i]} | {'ALL' if labels[i] else 'normal'} | {prob[i]:.4f} | "
               f"{'yes' if int(i) in shown else 'no'} |" for i in surest]
     return lines + ["", "(A test cell is its position on the test side, the order of `cell_scores.json` and of the "
