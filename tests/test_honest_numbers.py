@@ -3,16 +3,20 @@ evaluate from the registry. Slow, still run by CI."""
 from __future__ import annotations
 
 import json
+import math
 import os
 import shutil
 import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
 import pytest
 from mlflow.tracking import MlflowClient
 
+from leukotune.tuner.evaluation.calibration import CELL_SCORES_FILE, calibrate
 from leukotune.tuner.evaluation.intervals import CI_METRICS
+from leukotune.tuner.metrics import TAG_UNDEFINED, confusion_from_metrics, undefined_reasons
 
 from conftest import REPO_ROOT, SMOKE, require_cnmc_sample
 
@@ -79,6 +83,53 @@ def test_top_trials_and_parent_have_test_metrics_with_intervals_around_them(stud
     assert parent["test_f1_weighted"] == pytest.approx(winner["test_f1_weighted"])
     assert parent["selection_gap"] == pytest.approx(winner["best_val_f1_weighted"] - winner["test_f1_weighted"])
     assert "test (95% CI)" in study["stdout"]
+
+
+def test_an_undefined_test_metric_is_a_tag_with_its_reason_never_a_number(study):
+    """Which test metrics are undefined follows from each run's own test confusion counts (a class never called has
+    no precision, ...): exactly those are tags holding the reason, and every logged test number is finite."""
+    tested = [c for c in study["children"] if "test_f1_weighted" in c.data.metrics] + [study["parent"]]
+    for run in tested:
+        metrics, tags = run.data.metrics, run.data.tags
+        assert all(math.isfinite(v) for k, v in metrics.items() if k.startswith("test_")), run.info.run_name
+        expected = undefined_reasons(confusion_from_metrics(metrics, "test_"))
+        for name, reason in expected.items():
+            assert tags[f"{TAG_UNDEFINED}test_{name}"] == reason and f"test_{name}" not in metrics
+        cell_tags = {k.removeprefix(f"{TAG_UNDEFINED}test_").removesuffix("_ci95_low").removesuffix("_ci95_high")
+                     for k in tags if k.startswith(f"{TAG_UNDEFINED}test_") and "patient" not in k}
+        assert cell_tags == set(expected)
+
+
+def test_each_tested_trial_has_its_patients_saliency_and_software(study, tmp_path):
+    sides = _download_json(study["client"], study["parent"].info.run_id, "data/split.json", tmp_path / "p")
+    tested = [c for c in study["children"] if "test_f1_weighted" in c.data.metrics]
+    assert len(tested) == 3
+    for run in tested:
+        run_id, metrics, tags = run.info.run_id, run.data.metrics, run.data.tags
+        table = _download_json(study["client"], run_id, "patients.json", tmp_path / run_id)
+        rows = [dict(zip(table["columns"], row)) for row in table["data"]]
+        assert sorted(r["subject"] for r in rows) == sorted(sides["test"])
+        # The table at 0.5 on calibrated P(ALL): each subject's score is the mean of its cells.
+        cells = _download_json(study["client"], run_id, CELL_SCORES_FILE, tmp_path / run_id)
+        prob = calibrate(np.asarray(cells["test"]["p_all"]), cells["temperature"])
+        subjects = np.asarray(cells["test"]["subjects"])
+        for row in rows:
+            assert row["score"] == pytest.approx(prob[subjects == row["subject"]].mean(), abs=1e-5)
+            assert row["call"] == ("all" if row["score"] >= 0.5 else "hem")
+        for cls in ("all", "hem"):
+            right = sum(r["truth"] == cls and r["call"] == cls for r in rows)
+            assert metrics[f"test_patient_cm_true_{cls}_pred_{cls}"] == right
+            assert metrics[f"test_patients_{cls}"] == sum(r["truth"] == cls for r in rows)
+        for name in ("sensitivity", "specificity"):
+            key = f"test_patient_{name}"
+            assert metrics[f"{key}_ci95_low"] <= metrics[key] <= metrics[f"{key}_ci95_high"]
+        listed = {a.path for a in study["client"].list_artifacts(run_id, "saliency")}
+        summary = _download_json(study["client"], run_id, "saliency/summary.json", tmp_path / run_id)
+        assert "saliency/randomisation_check.png" in listed
+        assert ("saliency/gradcam_cells.png" in listed) == summary["passed"]
+        assert tags["leukotune.software.torch"] and tags["leukotune.software.mlflow"]
+    assert "saliency: Grad-CAM randomisation check" in study["stdout"]
+    assert "patients on test (mean calibrated P(ALL) >= 0.5)" in study["stdout"]
 
 
 def test_promote_gates_on_test_then_evaluate_reports_every_cell(study, tmp_path):
