@@ -196,8 +196,8 @@ def tuning_lines(records: Records, ranked_by: str) -> list[str]:
     space = records.file("space") or tune.get("space", {})
     return ["## Tuning and selection (study run: `config/resolved.json`, `config/search_space.json`)", "",
             "- Search space: " + ("; ".join(f"`{k}` {_distribution(v)}" for k, v in space.items()) or "none") +
-            ". Fixed: " + (", ".join(f"`{k}` {train[k]}" for k in FIXED_SHOWN if k in train and k not in space)
-                           or "-") + ".",
+            ". Fixed: " + (", ".join(f"`{k}` {train[k]}" for k in FIXED_SHOWN
+                                     if train.get(k) is not None and k not in space) or "-") + ".",
             f"- Budget: tune.num_samples {tune.get('num_samples', '?')} trials ({number(trials, 0)} ran), at most "
             f"train.epochs {train.get('epochs', '?')} epochs each, {tune.get('max_concurrent') or 'as many as fit'}"
             f" at a time.",
@@ -389,6 +389,9 @@ def saliency_lines(records: Records) -> list[str]:
                  f"passes below {summary.get('bound')}; {len(summary.get('cells', []))} test cells; layer "
                  f"{', '.join(summary.get('layers', []))}; record {_artifact(records, RUN_FILES['saliency'])}): "
                  f"{summary.get('reason', '')}.")
+    lines.append(f"- The cells (up to 2 right and 2 wrong of each class) were chosen and each map explains the class "
+                 f"called at P(ALL) >= {summary.get('threshold', '?')}, the test side's threshold when the study "
+                 f"ran, before promote chose the version's.")
     figures = [f for f in SALIENCY_FIGURES if f in records.artifacts]
     if summary.get("passed"):
         lines.append("- Figures: " + ", ".join(_artifact(records, f) for f in figures) + ". Read them for where the "
