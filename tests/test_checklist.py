@@ -175,6 +175,16 @@ def test_the_version_description_points_at_the_card_and_report_writes_it_again(r
     assert "give a registered version" in capsys.readouterr().err
 
 
+def test_the_card_reads_the_records_where_their_writers_put_them():
+    from leukotune.tuner.registry import checklist
+    from leukotune.tuner.tracking import saliency_figures
+    from leukotune.tuner.tune import holdout
+
+    assert checklist.PATIENTS_TABLE == holdout.PATIENTS_TABLE
+    assert checklist.RUN_FILES["saliency"] == saliency_figures.SUMMARY_FILE
+    assert checklist.SALIENCY_FIGURES == (saliency_figures.MAPS_FIGURE, saliency_figures.CHECK_FIGURE)
+
+
 @pytest.mark.parametrize("sides, split, says", [
     ({"train": ["1"], "val": ["2"], "test": ["3"]}, "subject", "yes, no subject has cells on two sides"),
     ({"train": ["1", "2"], "val": ["2"], "test": ["3"]}, "image", "train and validation share 1 subjects"),

@@ -27,8 +27,9 @@ if TYPE_CHECKING:
     from mlflow.entities import Run
     from mlflow.tracking import MlflowClient
 
-# Where the records are (the saliency ones as tuner/tracking/saliency_figures.py writes them; named here so that
-# promote does not load matplotlib to read them).
+# Where the records are. The saliency ones are named as tuner/tracking/saliency_figures.py writes them and the
+# patients table as tuner/tune/holdout.py does, here rather than imported so that promote loads neither matplotlib
+# nor Ray to read them (tests/test_checklist.py checks that the names agree).
 PARENT_FILES = {"summary": "data/summary.json", "sides": "data/split.json", "config": "config/resolved.json",
                 "space": "config/search_space.json"}
 RUN_FILES = {"best_epoch": "best_epoch.json", "cells": CELL_SCORES_FILE, "saliency": "saliency/summary.json"}
