@@ -22,10 +22,12 @@ logged_models.py, which fetches models from the server, imports registry/ and th
 """
 from __future__ import annotations
 
+import contextlib
+import logging
 import math
 import tempfile
 from pathlib import Path
-from typing import Any
+from typing import Any, Iterator
 
 import mlflow.pyfunc
 import numpy as np
@@ -166,9 +168,25 @@ def save_image_model(path: Path, weights: Path, facts: dict[str, Any], mlflow_mo
     network is and how it was fed: registry name, builder kwargs, preprocessing, operating point) as the MLmodel's
     `metadata.leukotune`, with `state_dict` naming where the weights land."""
     metadata = {"leukotune": {**facts, "state_dict": f"{ARTIFACTS_FOLDER}/{weights.name}"}}
-    mlflow.pyfunc.save_model(str(path), python_model=CellImageModel(), artifacts={STATE_DICT_ARTIFACT: str(weights)},
-                             signature=SIGNATURE, input_example=example_input(), metadata=metadata,
-                             mlflow_model=mlflow_model, pip_requirements=pip_requirements)
+    with _quiet_pyfunc_logger():
+        mlflow.pyfunc.save_model(str(path), python_model=CellImageModel(),
+                                 artifacts={STATE_DICT_ARTIFACT: str(weights)}, signature=SIGNATURE,
+                                 input_example=example_input(), metadata=metadata, mlflow_model=mlflow_model,
+                                 pip_requirements=pip_requirements)
     if not (path / metadata["leukotune"]["state_dict"]).is_file():  # MLflow moved its artifacts folder
         raise RuntimeError(f"the model's weights are not at {metadata['leukotune']['state_dict']} in {path}")
     return path
+
+
+@contextlib.contextmanager
+def _quiet_pyfunc_logger() -> Iterator[None]:
+    """MLflow's pyfunc logger says, for every model a study logs, that it validates the input example and that a
+    Python object is pickled by reference (on purpose here, see the module's docstring): lines that would fill the
+    study's console. Errors still show; the level is put back after the save."""
+    logger = logging.getLogger("mlflow.pyfunc")
+    level = logger.level
+    logger.setLevel(logging.ERROR)
+    try:
+        yield
+    finally:
+        logger.setLevel(level)
