@@ -42,17 +42,21 @@ def copy_checkout(destination: Path) -> Path:
 def mark(copy: Path, markers: Path, token: str) -> None:
     """Two edits a developer might make, each leaving a trace: the study's first line names the code the driver
     runs; every training run writes which loop module it ran into `markers/` (a trial prints nowhere we can read)."""
+    # main() looks the handler up in COMMANDS when it runs, so the marked handler replaces the entry there.
     with (copy / "tuner" / "cli" / "main.py").open("a") as cli:
         cli.write(f'''
 
-_cmd_tune_unmarked = cmd_tune
+_tune_unmarked = COMMANDS["tune"]
 
 
-def cmd_tune(args: argparse.Namespace) -> int:
+def _tune_marked(args: argparse.Namespace) -> int:
     import leukotune.tuner
 
     print("marker {token}: driver runs", leukotune.tuner.__file__, flush=True)
-    return _cmd_tune_unmarked(args)
+    return _tune_unmarked(args)
+
+
+COMMANDS["tune"] = _tune_marked
 ''')
     with (copy / "tuner" / "train" / "loop.py").open("a") as loop:
         loop.write(f'''
