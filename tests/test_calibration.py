@@ -7,7 +7,9 @@ import math
 from dataclasses import replace
 from pathlib import Path
 
+import mlflow
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 from mlflow.tracking import MlflowClient
@@ -32,6 +34,8 @@ from leukotune.tuner.evaluation.calibration import (
 from leukotune.tuner.evaluation.inference import TrainedModel, probabilities
 from leukotune.tuner.evaluation.logged_models import load_model
 from leukotune.tuner.evaluation.test_side import OUT_OF_FOLD, validation_scores
+from leukotune.tuner.registry.model_uris import process_tracking_uri
+from leukotune.tuner.serving.calibrated_copy import TAG_COPIED_FROM
 from leukotune.tuner.tracking.artifacts import reliability_figure
 from leukotune.tuner.tracking.client import TAG_FINGERPRINT, TAG_KIND, TAG_MODEL_URI, Tracker
 
@@ -288,21 +292,56 @@ def test_predict_gives_calibrated_p_and_decides_at_the_stored_threshold(registry
     assert (model.temperature, model.threshold) == (TEMPERATURE, threshold)
 
 
+def test_the_champion_loaded_as_a_pyfunc_answers_as_predict(registry, synthetic_dataset, capsys):
+    """What `mlflow models serve` and `leukotune serve` load: the registered model carries the version's temperature
+    and threshold, so it gives predict's calibrated P(ALL) and calls; its lineage names the trial's own model."""
+    assert _promote(registry, "--model-name", "op-served", "--sensitivity", "0.9", "--json") == 0
+    promoted = json.loads(capsys.readouterr().out)
+    client = registry["client"]
+    version = client.get_model_version_by_alias("op-served", "champion")
+    trained = client.get_run(registry["best"]).data.tags[TAG_MODEL_URI]
+    assert version.run_id == registry["best"] and version.tags["leukotune.trained_model"] == trained
+    assert version.source == promoted["source"] != trained and promoted["trained_model"] == trained
+    copy = client.get_logged_model(version.source.removeprefix("models:/"))
+    assert copy.source_run_id == registry["best"] and copy.tags[TAG_COPIED_FROM] == trained.removeprefix("models:/")
+    assert "is a copy of the trial's `" + trained in version.description
+    files = sorted((synthetic_dataset / "training_data").rglob("*.bmp"))[:8]
+    assert main(["predict", "--model", "models:/op-served@champion", *map(str, files), "--json",
+                 "--tracking-uri", registry["uri"]]) == 0
+    rows = json.loads(capsys.readouterr().out)["predictions"]
+    with process_tracking_uri(registry["uri"]):
+        served = mlflow.pyfunc.load_model("models:/op-served@champion").predict(
+            pd.DataFrame({"image": [p.read_bytes() for p in files]}))
+    assert list(served["call"]) == [r["class"] for r in rows]
+    assert list(served["p_all"]) == pytest.approx([r["p_all"] for r in rows], abs=2e-6)  # predict prints 6 places
+    assert len({r["class"] for r in rows}) == 2 or len({round(r["p_all"], 3) for r in rows}) > 1
+
+
 def test_a_second_promote_moves_the_operating_point_only_when_given_a_target(registry, capsys):
     assert _promote(registry, "--model-name", "op-move", "--sensitivity", "0.9") == 0
     capsys.readouterr()
     # ceil(0.75 x 4) = 3 hem cells (0.1, 0.2, 0.4) below: just above 0.4; ALL 0.9, 0.8, 0.7, 0.6 stay (4 of 5).
     assert _promote(registry, "--model-name", "op-move", "--specificity", "0.75", "--json") == 0
     moved = json.loads(capsys.readouterr().out)
-    assert moved["created"] is False and moved["previous_operating_point"] == "sensitivity >= 0.9 on validation"
+    # A registered model is never rewritten: the new point is a new version, the old one keeps its own.
+    assert moved["created"] is True and moved["version"] == "2"
+    assert moved["previous_operating_point"] == "sensitivity >= 0.9 on validation"
     assert moved["operating_point"]["threshold"] == pytest.approx(0.4, abs=1e-12)
     assert moved["operating_point"]["val_sensitivity"] == 0.8
-    tags = registry["client"].get_model_version_by_alias("op-move", "champion").tags
-    assert tags["leukotune.operating_point"] == "specificity >= 0.75 on validation"
+    client = registry["client"]
+    version = client.get_model_version_by_alias("op-move", "champion")
+    tags = version.tags
+    assert str(version.version) == "2" and tags["leukotune.operating_point"] == "specificity >= 0.75 on validation"
+    first = client.get_model_version("op-move", "1")
+    assert first.tags["leukotune.operating_point"] == "sensitivity >= 0.9 on validation"
+    assert first.source != version.source and first.run_id == version.run_id
     assert _promote(registry, "--model-name", "op-move") == 0
     out = capsys.readouterr().out
     assert "operating point unchanged: ALL at P(ALL) >= 0.4" in out and "(specificity >= 0.75 on validation)" in out
-    assert registry["client"].get_model_version_by_alias("op-move", "champion").tags == tags
+    assert client.get_model_version_by_alias("op-move", "champion").tags == tags
+    assert _promote(registry, "--model-name", "op-move", "--specificity", "0.75") == 0  # the point it has: reused
+    assert "already registered as version 2" in capsys.readouterr().out
+    assert len(client.search_model_versions("name = 'op-move'")) == 2
 
 
 def test_an_unmet_target_or_a_run_without_scores_is_refused_and_registers_nothing(registry, capsys):

@@ -152,7 +152,12 @@ def test_study_logs_models_for_its_top_trials_only_then_promote_and_predict_use_
     # The best value (promote breaks a tie by start time, the leaderboard by trial id), from its LoggedModel
     best_value = ranked[0].data.metrics[f"best_{METRIC}"]
     assert version.run_id in top and top[version.run_id].data.metrics[f"best_{METRIC}"] == best_value
-    assert version.source == top[version.run_id].data.tags[TAG_MODEL_URI]
+    # Registered from the trial's LoggedModel, or (calibrated) from its copy with the operating point inside.
+    trained = top[version.run_id].data.tags[TAG_MODEL_URI]
+    assert version.tags["leukotune.trained_model"] == trained
+    if version.source != trained:
+        copied = client.get_logged_model(version.source.removeprefix("models:/"))
+        assert copied.tags["leukotune.copied_from"] == trained.removeprefix("models:/")
 
     cells = next((tmp_path / "cache" / "synthetic").glob("*/"))  # the synthetic images the study trained on
     images = sorted(cells.rglob("*.bmp"))

@@ -21,6 +21,7 @@ from leukotune.tuner.evaluation.calibration import CELL_SCORES_FILE, StoredDecis
 from leukotune.tuner.evaluation.patients import PatientResults, judge_patients
 from leukotune.tuner.evaluation.software import PACKAGES, TAG_SOFTWARE, software_versions
 from leukotune.tuner.metrics import format_value
+from leukotune.tuner.registry.model_uris import TAG_TRAINED_MODEL
 from leukotune.tuner.tracking.client import PARENT_TAG, TAG_FINGERPRINT
 
 if TYPE_CHECKING:
@@ -289,7 +290,20 @@ def _threshold_lines(decision: StoredDecision, tags: dict[str, str]) -> list[str
             f"{_tag_number(tags, f'operating_point.test_{name}_ci95_low')} - "
             f"{_tag_number(tags, f'operating_point.test_{name}_ci95_high')})"
             for name in ("sensitivity", "specificity")) + ".")
-    return lines
+    return lines + _served_lines(decision, tags)
+
+
+def _served_lines(decision: StoredDecision, tags: dict[str, str]) -> list[str]:
+    """Which model the version registers, and that it decides as above when served (a version from before the
+    `leukotune.trained_model` tag says nothing)."""
+    trained = tags.get(TAG_TRAINED_MODEL)
+    if not trained:
+        return []
+    if (decision.temperature, decision.threshold) == (1.0, 0.5):
+        return [f"- The registered model is the trial's own `{trained}`; served (`mlflow models serve`, "
+                f"`leukotune serve`), it answers as `leukotune predict` does."]
+    return [f"- The registered model is a copy of the trial's `{trained}` with this temperature and threshold inside, "
+            f"so served (`mlflow models serve`, `leukotune serve`), it answers as `leukotune predict` does."]
 
 
 def _tag_number(tags: dict[str, str], key: str) -> str:

@@ -11,6 +11,8 @@ import mlflow
 from leukotune.tuner.compat import mlflow_process_uris, restore_mlflow_process_uris
 
 MODELS_SCHEME = "models:/"
+# The version tag naming the trial's own LoggedModel, which a calibrated version's registered model was copied from.
+TAG_TRAINED_MODEL = "leukotune.trained_model"
 
 
 def logged_model_id(model_uri: str) -> str | None:

@@ -2,9 +2,13 @@
 
 MLflow 3 aliases, not the deprecated stages. The choice is deterministic (metric, then the earliest start, then
 run id), a run is registered at most once (its existing version is reused), and a model below the bar is refused.
-The version carries its calibration and operating point (`operating_point.py`): a new version gets the target's
-threshold (default 0.5); promoting an already registered run with a target moves its threshold, without a target
-leaves it as it was.
+The version carries its calibration and operating point (`operating_point.py`) twice: as version tags, which
+`leukotune predict` and `evaluate` read, and inside the registered model itself, which is all `mlflow models serve`
+and `leukotune serve` see. A calibrated decision is registered from a copy of the trial's LoggedModel with the
+temperature and threshold in its metadata (`serving/calibrated_copy.py`); the version's `leukotune.trained_model`
+tag names the trial's own model. A registered model is never rewritten, so an operating point is never moved on a
+version: promoting an already registered run with a target that moves its point registers a new version (the old
+one keeps its point); without a target, or with the one it has, the run's newest version is reused.
 """
 from __future__ import annotations
 
@@ -28,7 +32,8 @@ from leukotune.tuner.registry.model_card import (
     version_description,
 )
 from leukotune.tuner.registry.operating_point import Decision, OperatingPointError, decide, stored_point
-from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri
+from leukotune.tuner.registry.model_uris import TAG_TRAINED_MODEL, logged_model_id, process_tracking_uri
+from leukotune.tuner.serving.image_model import DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD
 from leukotune.tuner.tracking.client import (
     PARENT_TAG,
     TAG_FINGERPRINT,
@@ -49,6 +54,8 @@ if TYPE_CHECKING:
 DEFAULT_METRIC = "best_val_f1_weighted"
 DEFAULT_ALIAS = "champion"
 BEST_EPOCH_FILE = "best_epoch.json"
+# What a trial's LoggedModel decides with (tracking/artifacts.py logs it so): no copy is needed for this point.
+AS_TRAINED = (DEFAULT_TEMPERATURE, DEFAULT_THRESHOLD)
 
 
 class ExperimentNotFoundError(LookupError):
@@ -83,7 +90,9 @@ class Promotion:
     gate_value: float | None = None
     card: str | None = None  # the model card (markdown) of a newly created version
     decision: Decision | None = None  # the temperature and threshold set on the version (None: left as they were)
-    previous_point: str | None = None  # the operating point a targeted promote replaced on an existing version
+    previous_point: str | None = None  # the point of the run's version a targeted promote registered a new one over
+    previous_run_version: str | None = None  # that version (it keeps its point)
+    source: str | None = None  # what the version registers: the trial's LoggedModel, or its calibrated copy
     kept_point: dict[str, str] = field(default_factory=dict)  # an existing version's tags, when left as they were
 
     @property
@@ -165,9 +174,9 @@ def version_tags(client: MlflowClient, run: Run, candidate: Candidate, metric: s
 
 
 def existing_version(client: MlflowClient, model_name: str, run_id: str) -> ModelVersion | None:
-    """The version already registered from this run, if any (promoting twice must not add a version)."""
+    """The newest version registered from this run, if any (promoting twice must not add a version)."""
     versions = client.search_model_versions(f"name = '{_quote(model_name)}' and run_id = '{run_id}'")
-    return min(versions, key=lambda v: int(v.version)) if versions else None
+    return max(versions, key=lambda v: int(v.version)) if versions else None
 
 
 def _quote(text: str) -> str:
@@ -241,24 +250,27 @@ def judge_on_gate(run: Run, result: Promotion, gate_metric: str, minimum: float 
 
 
 def register_and_alias(client: MlflowClient, result: Promotion, experiment: str, targeted: bool = False) -> None:
-    """Create the version (unless this run already has one; then a `targeted` promote moves its operating point),
-    then move the alias onto it."""
+    """Create the version (unless this run already has one; a `targeted` promote that moves its operating point
+    creates another), then move the alias onto it."""
     best = result.candidate
     ensure_registered_model(client, result.model_name, experiment)
     version = existing_version(client, result.model_name, best.run_id)
     decision = result.decision
+    if version is not None and targeted and decision and _moved(version.tags, decision):
+        result.previous_point = stored_point(version.tags) or "none"
+        result.previous_run_version = str(version.version)
+        version = None
     if version is None:
         run = client.get_run(best.run_id)
         result.tags = version_tags(client, run, best, result.metric, experiment) | held_out_tags(run)
         result.tags |= decision.tags() if decision else {}
+        result.source = served_source(client, best, decision)
+        result.tags[TAG_TRAINED_MODEL] = best.model_uri
         version = create_version(client, result, best)
         result.created = True
         store_card(client, result, run, str(version.version), result.tags)
-    elif targeted and decision and _moved(version.tags, decision):
-        result.previous_point = stored_point(version.tags) or "none"
-        move_operating_point(client, result, str(version.version), decision)
     else:
-        result.decision, result.kept_point = None, dict(version.tags)
+        result.decision, result.kept_point, result.source = None, dict(version.tags), version.source
     result.version = str(version.version)
     result.previous_version = current_alias_version(client, result.model_name, result.alias)
     client.set_registered_model_alias(result.model_name, result.alias, result.version)
@@ -276,20 +288,27 @@ def _moved(tags: dict[str, str], decision: Decision) -> bool:
     return stored_point(tags) != decision.point.describe() or tags.get(TAG_THRESHOLD) != repr(decision.point.threshold)
 
 
-def move_operating_point(client: MlflowClient, result: Promotion, version: str, decision: Decision) -> None:
-    """A new operating point on an existing version: its tags, and its card (run artifact and description)."""
-    for key, value in decision.tags().items():
-        client.set_model_version_tag(result.model_name, version, key, value)
-    tags = dict(client.get_model_version(result.model_name, version).tags or {})
-    store_card(client, result, client.get_run(result.candidate.run_id), version, tags)
+def served_source(client: MlflowClient, best: Candidate, decision: Decision | None) -> str:
+    """The model a new version registers: the trial's LoggedModel when it decides as trained, else a copy of it with
+    the temperature and threshold inside, so that the served champion answers as `leukotune predict` does. An older
+    study's `runs:/` model cannot be copied (it is not a LoggedModel) and is registered as it is."""
+    point = (decision.temperature, decision.point.threshold) if decision else AS_TRAINED
+    if point == AS_TRAINED or logged_model_id(best.model_uri) is None:
+        return best.model_uri
+    # Imported here: serving/ imports the registry's URI helpers, and this module loads with the registry package.
+    from leukotune.tuner.serving.calibrated_copy import log_calibrated_copy
+
+    return log_calibrated_copy(client.tracking_uri, best.model_uri, *point)
 
 
 def create_version(client: MlflowClient, result: Promotion, best: Candidate) -> ModelVersion:
-    """A version from the trial's LoggedModel (`models:/<model_id>`, or an older study's `runs:/<id>/model`),
-    recorded on the LoggedModel too, as `mlflow.register_model` does, so its page lists the version."""
-    model_id = logged_model_id(best.model_uri)
+    """A version from `result.source` (the trial's LoggedModel or its calibrated copy, `models:/<model_id>`; an
+    older study's `runs:/<id>/model`), recorded on that LoggedModel too, as `mlflow.register_model` does, so its
+    page lists the version."""
+    source = result.source or best.model_uri
+    model_id = logged_model_id(source)
     with process_tracking_uri(client.tracking_uri):  # the SQLite registry looks the LoggedModel up through these
-        version = client.create_model_version(result.model_name, source=best.model_uri, run_id=best.run_id,
+        version = client.create_model_version(result.model_name, source=source, run_id=best.run_id,
                                               tags=result.tags, model_id=model_id,
                                               description=f"{result.metric} = {best.value:.4f} (run {best.run_id});"
                                                           f" the model card follows")
@@ -309,12 +328,15 @@ def summary_lines(result: Promotion) -> list[str]:
              if result.previous_version and result.previous_version != result.version else "")
     assert result.candidate is not None
     lines = [f"{how} {result.version} of {result.model_name}; alias @{result.alias} -> version {result.version}{moved}",
+             f"operating point moved: version {result.previous_run_version} of run {result.candidate.run_id} keeps "
+             f"{result.previous_point!r}" if result.previous_point is not None else
              f"data fingerprint: {result.tags.get(TAG_FINGERPRINT, 'see the version tags')}" if result.created else
-             f"version tags unchanged (run {result.candidate.run_id})" if result.previous_point is None else
-             f"operating point of version {result.version} moved from {result.previous_point!r} "
-             f"(run {result.candidate.run_id})",
+             f"version tags unchanged (run {result.candidate.run_id})",
              f"judged on {result.gate_metric} = {result.gate_value:.4f}; ranked by {result.metric} = "
              f"{result.candidate.value:.4f}"]
+    if result.created and result.source != result.candidate.model_uri:
+        lines.append(f"registered model: {result.source}, the trial's {result.candidate.model_uri} with this "
+                     f"temperature and threshold inside (what `mlflow models serve` and `leukotune serve` answer with)")
     if result.card:
         lines.append(f"model card with its reporting checklist: runs:/{result.candidate.run_id}/{MODEL_CARD_FILE} "
                      f"(and the version's description; `leukotune report --model {result.model_uri}` writes it "
@@ -335,7 +357,8 @@ def promotion_json(result: Promotion) -> dict[str, Any]:
             "alias": result.alias, "version": result.version, "created": result.created,
             "refused": result.refused, "metric": result.metric, "value": best.value if best else None,
             "gate_metric": result.gate_metric, "gate_value": result.gate_value,
-            "run_id": best.run_id if best else None,
+            "run_id": best.run_id if best else None, "source": result.source,
+            "trained_model": best.model_uri if best else None,
             "operating_point": _point_json(result), "previous_operating_point": result.previous_point}
 
 
