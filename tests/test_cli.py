@@ -32,7 +32,8 @@ SAMPLES = {"data synth": "data synth --out x", "data check": "data check x", "tr
            "submit": "submit --config x", "jobs status": "jobs status j", "jobs logs": "jobs logs j",
            "jobs stop": "jobs stop j", "promote": "promote --experiment x", "report": "report --model m",
            "evaluate": "evaluate --model m --data d",
-           "predict": "predict --model m x", "weights fetch": "weights fetch", "mlflow-server": "mlflow-server"}
+           "predict": "predict --model m x", "weights fetch": "weights fetch", "mlflow-server": "mlflow-server",
+           "serve": "serve --model m"}
 
 
 def test_every_command_is_in_the_one_table_and_its_parser_names_it():

@@ -5,14 +5,14 @@ import argparse
 import sys
 from typing import Callable
 
-from leukotune.tuner.cli import data, errors, models, server, studies
+from leukotune.tuner.cli import data, errors, models, server, serving, studies
 from leukotune.tuner.process import configure_process
 
 Handler = Callable[[argparse.Namespace], int]
 
 # The command's groups, as its users think of them, each in the module named for it; the parser lists them in this
 # order.
-GROUPS = (data, studies, models, server)
+GROUPS = (data, studies, models, serving, server)
 
 # Every command and the function that runs it. The group modules import only the standard library and
 # tuner/cli/errors.py at the top: a handler imports what it needs (Ray, MLflow, torch) in its first lines, when it runs, so `leukotune --help` and
@@ -31,6 +31,7 @@ COMMANDS: dict[str, Handler] = {
     "evaluate": models.evaluate,
     "predict": models.predict,
     "weights fetch": models.weights_fetch,
+    "serve": serving.serve,
     "mlflow-server": server.mlflow_server,
 }
 

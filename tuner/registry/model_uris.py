@@ -23,6 +23,19 @@ def logged_model_id(model_uri: str) -> str | None:
     return path if path and "/" not in path and "@" not in path else None
 
 
+def registered_parts(model_uri: str) -> tuple[str, str | None, str | None] | None:
+    """(name, alias, None) for `models:/NAME@alias`, (name, None, version) for `models:/NAME/N`; None for a logged
+    model id or a run URI."""
+    if not model_uri.startswith(MODELS_SCHEME) or logged_model_id(model_uri):
+        return None
+    path = model_uri[len(MODELS_SCHEME):].strip("/")
+    if "@" in path:
+        name, alias = path.rsplit("@", 1)
+        return name, alias, None
+    name, _, version = path.rpartition("/")
+    return (name, None, version) if name and version else None
+
+
 _URI_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_REGISTRY_URI")
 
 

@@ -80,9 +80,15 @@ class CellImageModel(mlflow.pyfunc.PythonModel):
 
     def predict(self, context: Any, model_input: pd.DataFrame,
                 params: dict[str, Any] | None = None) -> pd.DataFrame:
-        pixels = decode_images(image_column(model_input), self.trained.preprocessing)
-        p_all = probabilities(self.trained, pixels, tta=bool((params or {}).get("tta", False)), batch_size=BATCH_SIZE)
-        return answers(p_all, self.trained.threshold)
+        return self.answer(self.decode(image_column(model_input)), tta=bool((params or {}).get("tta", False)))
+
+    def decode(self, files: list[bytes]) -> np.ndarray:
+        """The images' pixels as this model was fed (`decode_images`); a bad image refuses the request."""
+        return decode_images(files, self.trained.preprocessing)
+
+    def answer(self, pixels: np.ndarray, tta: bool = False) -> pd.DataFrame:
+        """`label`, `p_all`, `call` of decoded images; Ray Serve's batches (serving/ray_serve.py) call it too."""
+        return answers(probabilities(self.trained, pixels, tta=tta, batch_size=BATCH_SIZE), self.trained.threshold)
 
 
 def load_image_model(weights: Path) -> TrainedModel:
