@@ -42,6 +42,7 @@ DRIVER_LOG_LEVELS = {
     # `leukotune submit` prints is enough.
     **dict.fromkeys(RAY_UPLOAD_LOGGERS, logging.ERROR),
     "ray.dashboard.modules.job.sdk": logging.WARNING,  # every websocket close of a followed job's logs, at INFO
+    "ray.serve": logging.WARNING,  # `leukotune serve`: Serve's start-up steps at INFO; the command says its own
 }
 
 # Tune times its own steps and warns past 0.5 s (a threshold read from TUNE_WARN_THRESHOLD_S when ray.tune is

@@ -31,6 +31,9 @@ from leukotune.tuner.serving.ray_serve import (
 LOOPBACK = "127.0.0.1"
 STATE_FILE = Path(".leukotune") / "serve.json"  # the foreground `leukotune serve` on a private Ray
 STOP_WAIT_S = 120.0
+# Serve's controller, proxies and replicas log every start-up step and every request at INFO, and Ray forwards
+# their logs to this console: warnings and errors only, and no access log (the replica logs a moved alias itself).
+QUIET_LOGS = {"log_level": "WARNING", "enable_access_log": False}
 
 
 class ServeError(RuntimeError):
@@ -85,12 +88,13 @@ def start_serving(request: ServeRequest, log: Callable[[str], None] = print) -> 
     private = choose_cluster(request.address, log=lambda _line: None).source == PRIVATE
     init_ray(request.address, {}, log=log)
     # A Serve instance already on the cluster keeps its own HTTP options; ours apply when this starts it.
-    serve.start(http_options={"host": request.host, "port": request.port})
+    serve.start(http_options={"host": request.host, "port": request.port}, logging_config=QUIET_LOGS)
     settings = ServeSettings(request.model_uri, request.tracking_uri, request.poll_s)
     log(f"deploying {request.model_uri}" + (f" (version {version})" if version else "") +
         f" as Ray Serve application {APP_NAME!r}: {request.replicas} replica(s), batches of up to 32")
     try:
-        serve.run(build_app(settings, request.replicas), name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False)
+        serve.run(build_app(settings, request.replicas), name=APP_NAME, route_prefix=ROUTE_PREFIX, blocking=False,
+                  logging_config=QUIET_LOGS)
     except RuntimeError as exc:  # a replica's constructor failed; Serve gives up on the application
         if private:
             ray.shutdown()
