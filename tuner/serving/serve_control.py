@@ -10,6 +10,7 @@ until Ctrl-C, SIGTERM or `leukotune serve --stop` (which finds it through `.leuk
 from __future__ import annotations
 
 import json
+import logging
 import os
 import signal
 import threading
@@ -86,9 +87,13 @@ def start_serving(request: ServeRequest, log: Callable[[str], None] = print) -> 
 
     version = check_request(request)
     private = choose_cluster(request.address, log=lambda _line: None).source == PRIVATE
+    if private:  # before anything answers: `serve --stop` must find this process as soon as the port does
+        _remember(request)
     init_ray(request.address, {}, log=log)
     # A Serve instance already on the cluster keeps its own HTTP options; ours apply when this starts it.
     serve.start(http_options={"host": request.host, "port": request.port}, logging_config=QUIET_LOGS)
+    # Serve sets its driver logger to INFO when it starts; this command prints its own lines.
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     settings = ServeSettings(request.model_uri, request.tracking_uri, request.poll_s)
     log(f"deploying {request.model_uri}" + (f" (version {version})" if version else "") +
         f" as Ray Serve application {APP_NAME!r}: {request.replicas} replica(s), batches of up to 32")
@@ -97,6 +102,7 @@ def start_serving(request: ServeRequest, log: Callable[[str], None] = print) -> 
                   logging_config=QUIET_LOGS)
     except RuntimeError as exc:  # a replica's constructor failed; Serve gives up on the application
         if private:
+            _forget_state(os.getpid())
             ray.shutdown()
         raise ServeError(f"the application did not start: {_last_line(exc)}") from None
     log(f"serving on {served_url(request)}/invocations (POST: MLflow's JSON body, or one image's bytes)")
@@ -115,22 +121,28 @@ def hold_in_foreground(request: ServeRequest, log: Callable[[str], None] = print
     import ray
     from ray import serve
 
-    stop = threading.Event()
-    previous = signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
-    STATE_FILE.write_text(json.dumps({"pid": os.getpid(), "model": request.model_uri, "url": served_url(request)}))
     log("Ctrl-C or `leukotune serve --stop` ends it")
     try:
-        while not stop.wait(1.0):
+        while not _STOP.wait(1.0):
             pass
     except KeyboardInterrupt:
         pass
     finally:
-        signal.signal(signal.SIGTERM, previous)
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _forget_state(os.getpid())
         serve.shutdown()
         ray.shutdown()
         log("stopped")
+
+
+_STOP = threading.Event()  # set by SIGTERM (`serve --stop`) in the foreground `leukotune serve`
+
+
+def _remember(request: ServeRequest) -> None:
+    """Take SIGTERM as the signal to stop, and say where this process is (`.leukotune/serve.json`)."""
+    signal.signal(signal.SIGTERM, lambda *_: _STOP.set())
+    STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
+    STATE_FILE.write_text(json.dumps({"pid": os.getpid(), "model": request.model_uri, "url": served_url(request)}))
 
 
 def stop_serving(address: str | None, log: Callable[[str], None] = print) -> bool:
