@@ -20,7 +20,7 @@ import logging
 from dataclasses import dataclass
 from typing import Any
 
-from ray import serve
+import ray.serve as serve
 
 from leukotune.tuner.serving.http_body import BadRequest, ImageRequest, predictions_body, read_request
 from leukotune.tuner.serving.image_model import CellImageModel, UnusableImageModel

@@ -81,7 +81,7 @@ def start_serving(request: ServeRequest, log: Callable[[str], None] = print) -> 
     """Deploy the application and wait until its replicas answer; True when Ray is this process's private one (the
     caller then holds it in the foreground)."""
     import ray
-    from ray import serve
+    import ray.serve as serve
 
     from leukotune.tuner.cluster.ray_cluster import PRIVATE, choose_cluster, init_ray
 
@@ -119,8 +119,11 @@ def served_url(request: ServeRequest) -> str:
 def hold_in_foreground(request: ServeRequest, log: Callable[[str], None] = print) -> None:
     """Keep this process's private Ray (and the application on it) until Ctrl-C, SIGTERM or `serve --stop`."""
     import ray
-    from ray import serve
+    import ray.serve as serve
 
+    # After ray.init, which installs its own SIGTERM handler in a driver: SIGTERM (`serve --stop`) ends the wait
+    # below, and the application and Ray are shut down in order.
+    signal.signal(signal.SIGTERM, lambda *_: _STOP.set())
     log("Ctrl-C or `leukotune serve --stop` ends it")
     try:
         while not _STOP.wait(1.0):
@@ -139,8 +142,7 @@ _STOP = threading.Event()  # set by SIGTERM (`serve --stop`) in the foreground `
 
 
 def _remember(request: ServeRequest) -> None:
-    """Take SIGTERM as the signal to stop, and say where this process is (`.leukotune/serve.json`)."""
-    signal.signal(signal.SIGTERM, lambda *_: _STOP.set())
+    """Say where this process is (`.leukotune/serve.json`), for `serve --stop`."""
     STATE_FILE.parent.mkdir(parents=True, exist_ok=True)
     STATE_FILE.write_text(json.dumps({"pid": os.getpid(), "model": request.model_uri, "url": served_url(request)}))
 
@@ -153,7 +155,7 @@ def stop_serving(address: str | None, log: Callable[[str], None] = print) -> boo
     if choose_cluster(address, log=log).source == PRIVATE:
         return _stop_foreground(log)
     import ray
-    from ray import serve
+    import ray.serve as serve
 
     from leukotune.tuner.cluster.ray_cluster import init_ray
 
