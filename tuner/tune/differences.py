@@ -67,3 +67,19 @@ def config_without_space(config: dict[str, Any]) -> dict[str, Any]:
     """A study config with its `tune.space` left out: `leukotune diff` shows the resolved space on its own."""
     tune = {key: value for key, value in (config.get("tune") or {}).items() if key != "space"}
     return {**config, "tune": tune}
+
+
+def describe_differences(a, b) -> list[str]:
+    """The lines `leukotune diff` prints for two studies' records (tracking/study_records.py `StudyRecord`):
+    config, resolved search space, data fingerprint and code version, each `A -> B`."""
+    lines = [f"A: {a.study_id} (experiment {a.experiment}, {a.status})",
+             f"B: {b.study_id} (experiment {b.experiment}, {b.status})"]
+    for title, found in (("config", changes(config_without_space(a.config), config_without_space(b.config))),
+                         ("search space", changes(a.space, b.space))):
+        lines.append(f"{title}: " + (f"{len(found)} difference(s), A -> B" if found else "same"))
+        lines += [f"  {change.describe()}" for change in found]
+    for title, before, after in (("data fingerprint", a.fingerprint, b.fingerprint),
+                                 ("code version", a.code_version, b.code_version)):
+        lines.append(f"{title}: " + (f"same ({before or 'not recorded'})" if before == after
+                                     else f"differs, {before or 'not recorded'} -> {after or 'not recorded'}"))
+    return lines
