@@ -195,6 +195,8 @@ def test_a_warm_started_study_is_extended_killed_and_resumed_into_one_study(shar
     trial_ids = [child.data.tags["leukotune.trial_id"] for child in children]
     assert len(trial_ids) == 4 == len(set(trial_ids))  # no duplicate, no lost run
     assert all(child.info.status == "FINISHED" for child in children)
+    # The test side was brought up to date: one trial ranked on it (tune.test_top_k=1), whichever is top now.
+    assert sum("leukotune.test_rank" in child.data.tags for child in children) == 1
     assert warm_and_own(study_dir) == (2, 4)  # the searcher kept its warm trials and knows all four of its own
     result = json.loads((study_dir / "leukotune_result.json").read_text())
     assert result["complete"] and len(result["leaderboard"]) == 4 and any("test" in row for row in result["leaderboard"])
