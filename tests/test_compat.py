@@ -197,7 +197,7 @@ def test_tune_search_budget_is_read_and_raised_in_the_saved_state(tmp_path):
     saved = generator(2)
     saved._total_samples, saved._counter = 2, 2  # as a finished 2-trial study leaves it
     saved.save_to_dir(str(tmp_path), session_str="2026-12-05_00-00-00")
-    with private_name("ray", "ray.tune.search.SearchGenerator saved state (counter, total_samples, name:ConcurrencyLimiter)"):
+    with private_name("ray", "SearchGenerator's saved state (counter, total_samples, name:ConcurrencyLimiter)"):
         assert compat.saved_search_budget(tmp_path) == {"created": 2, "num_samples": 2, "max_concurrent": 2}
         compat.write_search_budget(tmp_path, num_samples=4, max_concurrent=3)
     restored = generator(2)
