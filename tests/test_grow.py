@@ -20,7 +20,7 @@ from leukotune.tuner.compat import optuna_study_of
 from leukotune.tuner.config import load_study
 from leukotune.tuner.tracking.study_records import StudyRecord
 from leukotune.tuner.tune.differences import describe_differences, resumed_config
-from leukotune.tuner.tune.plan import STUDY_FILE, StudyPlan
+from leukotune.tuner.tune.plan import STUDY_FILE, StudyPlan, latest_study_dir
 from leukotune.tuner.tune.search import make_searcher
 from leukotune.tuner.tune.space import DEFAULT_SPACE, DefineByRun, distribution_of, resolve_space, sample_points
 from leukotune.tuner.tune.warm_start import EarlierTrial, WarmStart, fit_trial, give_to_searcher
@@ -62,6 +62,15 @@ def test_the_command_refuses_a_changed_resume_before_ray_starts(tmp_path, env):
     assert result.returncode == 2, result.stdout + result.stderr
     assert result.stderr.strip().count("\n") == 0 and "train.dropout 0.2 -> 0.3" in result.stderr
     assert "Ray:" not in result.stdout
+
+
+def test_resume_finds_its_own_study_not_one_whose_name_it_begins(tmp_path):
+    for folder, age in (("smoke-20260101-000000-abcd", 0), ("smoke-wide-20260101-000001-abcd", 10)):
+        (tmp_path / folder).mkdir()
+        (tmp_path / folder / STUDY_FILE).write_text("{}")
+        os.utime(tmp_path / folder, (1_800_000_000 + age, 1_800_000_000 + age))
+    assert latest_study_dir(tmp_path, "smoke").name == "smoke-20260101-000000-abcd"
+    assert latest_study_dir(tmp_path, "smoke-wide").name == "smoke-wide-20260101-000001-abcd"
 
 
 # ------------------------------------------------------------------ warm start: fitting earlier trials

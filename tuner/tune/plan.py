@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import secrets
 import time
 from dataclasses import dataclass, field
@@ -107,7 +108,9 @@ def check_same_data(plan: StudyPlan, parent_run_id: str | None) -> None:
 
 
 def latest_study_dir(storage: Path, name: str) -> Path:
-    candidates = sorted((p for p in storage.glob(f"{name}-*") if (p / STUDY_FILE).is_file()),
+    # The whole folder name: `smoke-*` alone also matches the folders of a study named `smoke-wide`.
+    own = re.compile(rf"{re.escape(name)}-\d{{8}}-\d{{6}}(-[0-9a-f]{{4}})?")
+    candidates = sorted((p for p in storage.glob(f"{name}-*") if own.fullmatch(p.name) and (p / STUDY_FILE).is_file()),
                         key=lambda p: p.stat().st_mtime)
     if not candidates:
         raise ResumeError(f"--resume: no study named '{name}' under {storage}; start it without --resume first")
