@@ -29,6 +29,7 @@ def parser_commands(parser: argparse.ArgumentParser, prefix: str = "") -> set[st
 
 # One command line per command: what its parser needs at least.
 SAMPLES = {"data synth": "data synth --out x", "data check": "data check x", "train": "train", "tune": "tune",
+           "diff": "diff a b",
            "submit": "submit --config x", "jobs status": "jobs status j", "jobs logs": "jobs logs j",
            "jobs stop": "jobs stop j", "promote": "promote --experiment x", "report": "report --model m",
            "evaluate": "evaluate --model m --data d",

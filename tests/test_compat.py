@@ -186,6 +186,26 @@ def test_optuna_search_holds_its_optuna_study():
         assert isinstance(compat.optuna_study_of(searcher), optuna.Study)
 
 
+def test_tune_search_budget_is_read_and_raised_in_the_saved_state(tmp_path):
+    from ray.tune.search import ConcurrencyLimiter, SearchGenerator
+
+    def generator(max_concurrent: int) -> SearchGenerator:
+        space = {"lr": optuna.distributions.FloatDistribution(1e-4, 1e-1, log=True)}
+        limited = ConcurrencyLimiter(OptunaSearch(space=space, metric="val_f1", mode="max"), max_concurrent)
+        return SearchGenerator(limited)
+
+    saved = generator(2)
+    saved._total_samples, saved._counter = 2, 2  # as a finished 2-trial study leaves it
+    saved.save_to_dir(str(tmp_path), session_str="2026-12-05_00-00-00")
+    with private_name("ray", "SearchGenerator's saved state (counter, total_samples, name:ConcurrencyLimiter)"):
+        assert compat.saved_search_budget(tmp_path) == {"created": 2, "num_samples": 2, "max_concurrent": 2}
+        compat.write_search_budget(tmp_path, num_samples=4, max_concurrent=3)
+    restored = generator(2)
+    restored.restore_from_dir(str(tmp_path))  # what Tune's restore does
+    assert (restored.total_samples, restored.searcher.max_concurrent, restored.is_finished()) == (4, 3, False)
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no partial file left
+
+
 # ---------------------------------------------------------------- MLflow
 
 def test_mlflow_process_uris_are_read_and_put_back_unset(monkeypatch, tmp_path):

@@ -105,6 +105,53 @@ def replace_checkpoint_results(manager: Any, results: list[Any]) -> None:
     manager._checkpoint_results = list(results)
 
 
+# ---------------------------------------------------------------- Ray Tune: the saved search budget
+
+# Tune saves its search generator's state (trials created, trials to create, and each wrapper's state, such as the
+# ConcurrencyLimiter's) as a cloudpickled dict in the experiment folder, and a restore reads the newest such file.
+_SEARCH_GEN_STATE = "search_gen_state-*.json"
+_CONCURRENCY_LIMITER_STATE = "name:ConcurrencyLimiter"
+
+
+def saved_search_budget(experiment_dir: Path) -> dict[str, int | None]:
+    """The budget in Tune's newest saved search state: `created` (trials asked of the searcher so far),
+    `num_samples` (trials it may create) and `max_concurrent` (the ConcurrencyLimiter's, None without one)."""
+    state = _load_search_state(_newest_search_state(experiment_dir))
+    limiter = state.get(_CONCURRENCY_LIMITER_STATE)
+    return {"created": state["counter"], "num_samples": state["total_samples"],
+            "max_concurrent": limiter["max_concurrent"] if limiter else None}
+
+
+def write_search_budget(experiment_dir: Path, num_samples: int, max_concurrent: int | None) -> None:
+    """Make the next restore of the experiment create up to `num_samples` trials in all, `max_concurrent` at a time
+    (Tune keeps the budget it started with in this state and ignores a new TuneConfig on restore). Written to a
+    temporary file and renamed, so a kill leaves the old state or the new one."""
+    import ray.cloudpickle as cloudpickle
+
+    path = _newest_search_state(experiment_dir)
+    state = _load_search_state(path)
+    state["total_samples"] = int(num_samples)
+    limiter = state.get(_CONCURRENCY_LIMITER_STATE)
+    if limiter is not None and max_concurrent:
+        limiter["max_concurrent"] = int(max_concurrent)
+    partial = path.with_name(f".{path.name}.partial")
+    partial.write_bytes(cloudpickle.dumps(state))
+    partial.replace(path)
+
+
+def _newest_search_state(experiment_dir: Path) -> Path:
+    found = sorted(Path(experiment_dir).glob(_SEARCH_GEN_STATE))
+    if not found:
+        raise FileNotFoundError(f"no {_SEARCH_GEN_STATE} in {experiment_dir}: Tune never saved its search state")
+    return found[-1]  # named by the session's start time, so the newest sorts last (as Tune picks it)
+
+
+def _load_search_state(path: Path) -> dict[str, Any]:
+    import ray.cloudpickle as cloudpickle
+
+    return cloudpickle.loads(path.read_bytes())
+
+
 # ---------------------------------------------------------------- Ray Tune's Optuna searcher
 
 def optuna_study_of(searcher: Any) -> Any:

@@ -222,6 +222,9 @@ class SearchConfig(_Section):
     # The best trials by validation evaluated once on the test side after the search (0: none).
     test_top_k: int = Field(3, ge=0, le=1000)
     optuna: OptunaConfig = Field(default_factory=OptunaConfig)
+    # An earlier study (its id) or MLflow experiment (its name: every study in it) whose finished trials the searcher
+    # is given before the first new trial, those that fit this study's space (tuner/tune/warm_start.py).
+    warm_start: Annotated[str, Field(min_length=1)] | None = None
 
     _metric = field_validator("metric")(lambda v: _one_of(v, reported_metric_names()))
 

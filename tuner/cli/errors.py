@@ -26,6 +26,7 @@ USER_ERRORS = (
     "leukotune.tuner.cluster.storage:StorageError",  # storage_path cannot hold the study
     "leukotune.tuner.cluster.mlflow_server:ServerError",
     "leukotune.tuner.tune.plan:ResumeError",
+    "leukotune.tuner.tracking.study_records:StudyNotFoundError",  # `leukotune diff` or tune.warm_start names none
     "leukotune.tuner.registry.promote:ExperimentNotFoundError",
     "leukotune.tuner.evaluation.logged_models:ModelURIError",
     "leukotune.tuner.evaluation.logged_models:ModelDownloadError",

@@ -22,6 +22,7 @@ COMMANDS: dict[str, Handler] = {
     "data check": data.check,
     "train": studies.train,
     "tune": studies.tune,
+    "diff": studies.diff,
     "submit": studies.submit,
     "jobs status": studies.jobs_status,
     "jobs logs": studies.jobs_logs,

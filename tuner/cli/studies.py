@@ -21,6 +21,14 @@ def add_commands(commands: argparse._SubParsersAction) -> None:
                       help="continue the newest study of this name (one that already finished: print its leaderboard)")
     tune.set_defaults(command="tune")
 
+    diff = commands.add_parser("diff", help="what differs between two studies: config, data fingerprint, code "
+                                            "version, search space (read from MLflow)")
+    diff.add_argument("study_a", metavar="STUDY_A", help="a study id (or an experiment: its newest study)")
+    diff.add_argument("study_b", metavar="STUDY_B", help="a study id (or an experiment: its newest study)")
+    diff.add_argument("--tracking-uri", help="the MLflow store (default: $MLFLOW_TRACKING_URI, else the local one "
+                                             "under .leukotune)")
+    diff.set_defaults(command="diff")
+
     submit = commands.add_parser("submit", help="run a tuning study on a Ray cluster as a Ray Job")
     _dashboard_arg(submit)
     submit.add_argument("--config", type=Path, required=True, help="study YAML, inside the uploaded project folder")
@@ -124,6 +132,21 @@ def tune(args: argparse.Namespace) -> int:
         config = f" --config {args.config}" if args.config else ""
         print(f"\nstudy interrupted; continue it with: leukotune tune{config} --resume")
         return EXIT_FAILED
+    return EXIT_OK
+
+
+def diff(args: argparse.Namespace) -> int:
+    from mlflow.tracking import MlflowClient
+
+    from leukotune.tuner.tracking.client import check_reachable, resolve_tracking_uri
+    from leukotune.tuner.tracking.study_records import read_study, study_runs_named
+    from leukotune.tuner.tune.differences import describe_differences
+
+    uri = resolve_tracking_uri(args.tracking_uri)
+    check_reachable(uri)
+    client = MlflowClient(tracking_uri=uri)
+    a, b = (read_study(client, study_runs_named(client, name)[0]) for name in (args.study_a, args.study_b))
+    print("\n".join(describe_differences(a, b)))
     return EXIT_OK
 
 

@@ -13,5 +13,6 @@ from .datasets import study_dataset_inputs as study_dataset_inputs
 from .parent_run import close_parent as close_parent
 from .parent_run import log_study_end as log_study_end
 from .parent_run import open_parent as open_parent
+from .parent_run import record_extension as record_extension
 from .trial_runs import TrialRecorder as TrialRecorder
 from .trial_runs import trial_summary as trial_summary

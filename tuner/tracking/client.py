@@ -28,6 +28,7 @@ TAG_TRIAL = "leukotune.trial_id"
 TAG_KIND = "leukotune.kind"
 TAG_MODEL_URI = "leukotune.model_uri"
 TAG_FINGERPRINT = "leukotune.data_fingerprint"
+TAG_CODE_VERSION = "leukotune.code_version"
 TAG_EARLY_STOP = "leukotune.stopped_early"
 TAG_ORPHANED = "leukotune.orphaned"
 TAG_DEVICE = "leukotune.device"  # what the trial trained on: cpu, or cuda:0 (NVIDIA H200)

@@ -14,11 +14,21 @@ from ray.tune.search.optuna import OptunaSearch
 from leukotune.tuner.compat import optuna_study_of
 from leukotune.tuner.metrics import metric_on_test, ranking_key
 from leukotune.tuner.preflight import DataSummary
-from leukotune.tuner.tracking.client import TAG_FINGERPRINT, TAG_KIND, TAG_STUDY, Tracker, code_version, with_retries
+from leukotune.tuner.tracking.client import (
+    TAG_CODE_VERSION,
+    TAG_FINGERPRINT,
+    TAG_KIND,
+    TAG_STUDY,
+    Tracker,
+    code_version,
+    with_retries,
+)
 from leukotune.tuner.tracking.datasets import log_dataset_inputs, study_dataset_inputs
 
 LEADERBOARD_TABLE = "leaderboard_table.json"
 TAG_BEST_TRIAL = "leukotune.best_trial_id"
+TAG_EXTENDED = "leukotune.extended"  # trials before and after each extension (`leukotune tune --resume`)
+WARM_START_ARTIFACT = "warm_start.json"
 
 
 def open_parent(tracker: Tracker, plan) -> str:
@@ -29,7 +39,7 @@ def open_parent(tracker: Tracker, plan) -> str:
         tracker.client.update_run(run_id, "RUNNING")
         return run_id
     data = plan.data_summary
-    tags = {TAG_STUDY: plan.study_id, TAG_KIND: "study", "leukotune.code_version": code_version(),
+    tags = {TAG_STUDY: plan.study_id, TAG_KIND: "study", TAG_CODE_VERSION: code_version(),
             TAG_FINGERPRINT: data.fingerprint, "mlflow.note.content": describe(plan)}
     run_id = tracker.create_run(plan.study_id, tags)
     synthetic = None if plan.study.data.path else plan.study.data.synthetic.to_dict()
@@ -41,7 +51,20 @@ def open_parent(tracker: Tracker, plan) -> str:
     log_split(tracker, run_id, data)
     tracker.log_metrics(run_id, {"data_cells": data.cells, "data_subjects": data.subjects,
                                  "data_skipped_files": len(data.skipped)}, step=0)
+    if plan.warm_start is not None:  # where the study started from (tuner/tune/warm_start.py)
+        tracker.set_tags(run_id, plan.warm_start.tags())
+        tracker.log_json(run_id, plan.warm_start.record(), WARM_START_ARTIFACT)
     return run_id
+
+
+def record_extension(tracker: Tracker, run_id: str, plan) -> None:
+    """An extended study's parent run: each extension as a tag (`2 -> 4`, appended), and the config it now runs
+    with. Params are write-once in MLflow, so the `study.*` params keep the budget the study started with."""
+    run = with_retries(lambda: tracker.client.get_run(run_id), "read run", log=tracker.log)
+    step = f"{plan.extends_from} -> {plan.study.tune.num_samples}"
+    earlier = run.data.tags.get(TAG_EXTENDED)
+    tracker.set_tags(run_id, {TAG_EXTENDED: f"{earlier}, {step}" if earlier else step})
+    tracker.log_json(run_id, plan.study.to_dict(), "config/resolved.json")
 
 
 def log_split(tracker: Tracker, run_id: str, data: DataSummary) -> None:

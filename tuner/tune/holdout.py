@@ -33,7 +33,7 @@ from leukotune.tuner.evaluation.test_side import (
 )
 from leukotune.tuner.metrics import format_value, metric_on_test, ranking_key, split_undefined, undefined_metrics
 from leukotune.tuner.tracking.artifacts import RELIABILITY_FIGURE, reliability_figure
-from leukotune.tuner.tracking.client import Tracker, with_retries
+from leukotune.tuner.tracking.client import TAG_KIND, TAG_STUDY, TAG_TRIAL, Tracker, with_retries
 from leukotune.tuner.tracking.saliency_figures import log_saliency
 from leukotune.tuner.tracking.trial_runs import checkpoint_dir_of, top_trials
 from leukotune.tuner.train.checkpoints import load_best
@@ -100,12 +100,22 @@ def score_top_trials(plan, trials: list, run_ids: dict[str, str], tracker: Track
         if trial.trial_id in run_ids:
             log_test_side(tracker, run_ids[trial.trial_id], trial.trial_id, scores, records[trial.trial_id],
                           rank=chosen.index(trial) + 1, log=log)
+    forget_earlier_test_ranks(tracker, plan.study_id, {trial.trial_id for trial in chosen})
     if chosen and chosen[0].trial_id in results:
         winner = chosen[0].trial_id
         _log_winner(tracker, parent_run_id, chosen[0], results[winner], records[winner][PATIENTS], metric, mode,
                     log)
         log_winner_records(records[winner], log)
     return results
+
+
+def forget_earlier_test_ranks(tracker: Tracker, study_id: str, ranked: set[str]) -> None:
+    """An extended study's top can change: a trial ranked on the test side before the extension and no longer among
+    the top loses its rank tag (its test metrics stay, as what was measured then)."""
+    for run in tracker.find_runs(f"tags.`{TAG_STUDY}` = '{study_id}' and tags.`{TAG_KIND}` = 'trial'"):
+        if TAG_TEST_RANK in run.data.tags and run.data.tags.get(TAG_TRIAL) not in ranked:
+            with_retries(lambda run=run: tracker.client.delete_tag(run.info.run_id, TAG_TEST_RANK), "delete tag",
+                         log=tracker.log)
 
 
 def logged_metrics(scores: dict[str, float], patients: PatientResults | None) -> tuple[dict[str, float],

@@ -10,6 +10,7 @@ from ray.tune.search.optuna import OptunaSearch
 from leukotune.tuner.config import OptunaConfig, SearchConfig, StudyConfig
 from leukotune.tuner.tune.space import DefineByRun
 from leukotune.tuner.tune.plan import StudyPlan
+from leukotune.tuner.tune.warm_start import give_to_searcher
 
 
 def startup_trials(optuna_cfg: OptunaConfig, num_samples: int) -> int:
@@ -44,9 +45,15 @@ def make_searcher(plan: StudyPlan, concurrency: int):
     that a resumed study restores together with its trials (a separate Optuna database would run ahead of it).
     """
     tune_cfg = plan.study.tune
-    return OptunaSearch(space=DefineByRun(plan.space, dict(plan.study.train.to_dict())), metric=tune_cfg.metric,
-                        mode=tune_cfg.mode, sampler=make_sampler(tune_cfg, concurrency),
-                        points_to_evaluate=list(tune_cfg.points_to_evaluate) or None)
+    fixed = dict(plan.study.train.to_dict())
+    searcher = OptunaSearch(space=DefineByRun(plan.space, fixed), metric=tune_cfg.metric,
+                            mode=tune_cfg.mode, sampler=make_sampler(tune_cfg, concurrency),
+                            points_to_evaluate=list(tune_cfg.points_to_evaluate) or None)
+    if plan.warm_start is not None:
+        # Earlier trials join the Optuna study as finished ones (Ray's `evaluated_rewards` refuses a define-by-run
+        # space), saved with the searcher from Tune's first checkpoint on.
+        give_to_searcher(searcher, plan.space, fixed, plan.warm_start)
+    return searcher
 
 
 def make_scheduler(study: StudyConfig):

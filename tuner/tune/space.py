@@ -83,17 +83,33 @@ DEPENDENT_LIMITS: dict[str, Callable[[dict[str, Any]], int]] = {
 }
 
 
+def _int_high(name: str, args: list, params: dict[str, Any]) -> int:
+    high = int(args[1])
+    if name in DEPENDENT_LIMITS:
+        high = max(int(args[0]), min(high, DEPENDENT_LIMITS[name](params)))
+    return high
+
+
 def _suggest(trial, name: str, spec: dict[str, Any], params: dict[str, Any]) -> Any:
     kind = _kind(name, spec)
     args = spec[kind]
     if kind == "choice":
         return trial.suggest_categorical(name, args)
     if kind == "int":
-        high = int(args[1])
-        if name in DEPENDENT_LIMITS:
-            high = max(int(args[0]), min(high, DEPENDENT_LIMITS[name](params)))
-        return trial.suggest_int(name, int(args[0]), high)
+        return trial.suggest_int(name, int(args[0]), _int_high(name, args, params))
     return trial.suggest_float(name, float(args[0]), float(args[1]), log=kind == "loguniform")
+
+
+def distribution_of(name: str, spec: dict[str, Any], params: dict[str, Any]) -> optuna.distributions.BaseDistribution:
+    """The Optuna distribution `_suggest` samples `name` from, given the parameters sampled above it: what an earlier
+    trial handed to the searcher must be recorded under (tests/test_grow.py checks the two agree)."""
+    kind = _kind(name, spec)
+    args = spec[kind]
+    if kind == "choice":
+        return optuna.distributions.CategoricalDistribution(args)
+    if kind == "int":
+        return optuna.distributions.IntDistribution(int(args[0]), _int_high(name, args, params))
+    return optuna.distributions.FloatDistribution(float(args[0]), float(args[1]), log=kind == "loguniform")
 
 
 class DefineByRun:

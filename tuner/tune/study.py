@@ -20,6 +20,7 @@ from leukotune.tuner.cluster.trial_resources import (
     decide_trial_resources,
     runtime_of,
 )
+from leukotune.tuner.compat import saved_search_budget, write_search_budget
 from leukotune.tuner.config import StudyConfig
 from leukotune.tuner.tracking import (
     Tracker,
@@ -28,6 +29,7 @@ from leukotune.tuner.tracking import (
     close_parent,
     log_study_end,
     open_parent,
+    record_extension,
     resolve_tracking_uri,
     trial_summary,
 )
@@ -37,7 +39,7 @@ from leukotune.tuner.tune.console import StudyConsole, changing_line
 from leukotune.tuner.tune.events import StopWhenNodeUnfit, StudyEvents, attach, detach
 from leukotune.tuner.tune.holdout import add_test_scores, score_top_trials
 from leukotune.tuner.tune.packing import check_packing, probe_gpu_memory
-from leukotune.tuner.tune.plan import StudyPlan, save_plan, save_result
+from leukotune.tuner.tune.plan import RESULT_FILE, StudyPlan, save_plan, save_result
 from leukotune.tuner.tune.retention import prune_checkpoints, prune_finished_trial, trials_to_keep
 from leukotune.tuner.tune.search import make_scheduler, make_searcher
 from leukotune.tuner.tune.trainable import reuse_actors, tune_trial
@@ -95,12 +97,26 @@ def build_tuner(plan: StudyPlan, callbacks: list, placement: Placement):
         failure_config=tune.FailureConfig(max_failures=study.resources.max_failures),
         checkpoint_config=tune.CheckpointConfig(num_to_keep=2))
     if plan.resume:
-        return tune.Tuner.restore(str(plan.directory), trainable, resume_unfinished=True, resume_errored=True)
+        keep_search_budget(plan, placement.concurrency)
+        # An extension leaves the earlier trials as they ended: one that failed stays failed (a killed extension's
+        # own resume retries its failed trials like any resume).
+        return tune.Tuner.restore(str(plan.directory), trainable, resume_unfinished=True,
+                                  resume_errored=plan.extends_from is None)
     concurrency = placement.concurrency
     tune_config = tune.TuneConfig(search_alg=make_searcher(plan, concurrency), scheduler=make_scheduler(study),
                                   num_samples=study.tune.num_samples, max_concurrent_trials=concurrency,
                                   reuse_actors=reuse_actors(placement.resources))
     return tune.Tuner(trainable, tune_config=tune_config, run_config=run_config)
+
+
+def keep_search_budget(plan: StudyPlan, concurrency: int) -> None:
+    """Tune restores the budget it started with (trials in all, trials at once) and ignores a new one: write the
+    study's into Tune's saved search state before the restore, so an extension creates its new trials and a
+    resumed study runs as many at once as this cluster takes. Unchanged, the state is left as it is."""
+    saved = saved_search_budget(plan.directory)
+    wanted_concurrency = concurrency if saved["max_concurrent"] is not None else None
+    if (saved["num_samples"], saved["max_concurrent"]) != (plan.study.tune.num_samples, wanted_concurrency):
+        write_search_budget(plan.directory, plan.study.tune.num_samples, concurrency)
 
 
 @dataclass
@@ -145,6 +161,10 @@ def run_study(plan: StudyPlan, address: str | None = None, log: Callable[[str], 
     tracker = Tracker(uri, study.tracking.experiment, log=log)
     parent_run_id = open_parent(tracker, plan)
     save_plan(plan, parent_run_id)
+    if plan.extends_from is not None:
+        record_extension(tracker, parent_run_id, plan)
+        # From here the study is unfinished: a kill during the extension is resumed like any study.
+        (plan.directory / RESULT_FILE).unlink(missing_ok=True)
     resources = placement.resources
     folds = study.data.cv_folds
     cost = (f"; each trial trains {folds} fold models side by side ({folds}x the compute of one split), scored by "
