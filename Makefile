@@ -27,9 +27,11 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not e2e" $(ARGS)
 
-## Real Ray head + second node + MLflow server + headless Chromium (also run by CI).
+## Real Ray head + second node + MLflow server + headless Chromium (also run by CI): tests/e2e/, and the tests
+## elsewhere marked e2e because they start and stop a real cluster or server (Ray Jobs, a dead `ray start` head,
+## an MLflow server restarted mid-study, a Ray Train worker killed), which keeps `make test` within its budget.
 e2e: $(STAMP)
-	$(BIN)/python -m pytest -q -m e2e tests/e2e $(ARGS)
+	$(BIN)/python -m pytest -q -m e2e $(ARGS)
 
 ## Every benchmark in bench/, one after the other (figures and what each measures: BENCHMARKS.md). Long: about
 ## an hour and a half here, most of it the search benchmark. The GPU script runs for real where a GPU is visible,

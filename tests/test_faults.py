@@ -148,6 +148,7 @@ def test_killed_trial_worker_continues_from_its_checkpoint_in_the_same_run(tmp_p
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_mlflow_server_restart_mid_study_loses_no_metric(tmp_path, env):
     port = free_port()
     backend = f"sqlite:///{tmp_path / 'server.db'}"

@@ -177,6 +177,7 @@ def working_dir(tmp_path) -> Path:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_submit_follow_succeeds_and_streams_logs(client, working_dir):
     entry = ("python -c \"import os; print('hello from', open('marker.txt').read().strip(), "
              "os.path.exists('.venv'), os.environ['MLFLOW_TRACKING_URI'])\"")
@@ -193,6 +194,7 @@ def test_submit_follow_succeeds_and_streams_logs(client, working_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_driver_and_workers_import_the_shipped_code(client, working_dir, tmp_path):
     # The Ray head runs this venv, where leukotune is installed from the checkout (editable): without the shipped
     # package both processes would import REPO_ROOT/tuner.
@@ -217,6 +219,7 @@ def test_driver_and_workers_import_the_shipped_code(client, working_dir, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_failing_job_ends_failed_with_exit_1(client, working_dir):
     job_id = jobs.submit(client, "python -c \"import sys; print('bad'); sys.exit(3)\"", working_dir, {},
                          jobs.submission_id("fails"))
@@ -226,6 +229,7 @@ def test_failing_job_ends_failed_with_exit_1(client, working_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_stop_ends_a_running_job(client, working_dir):
     job_id = jobs.submit(client, "python -c \"import time; print('started', flush=True); time.sleep(300)\"",
                          working_dir, {}, jobs.submission_id("stops"))
@@ -233,12 +237,14 @@ def test_stop_ends_a_running_job(client, working_dir):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_unknown_job_is_named(client):
     with pytest.raises(jobs.ClusterError, match="no job 'no-such-job'"):
         jobs.job_info(client, "no-such-job")
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_wrong_or_missing_token_is_one_clear_line(ray_head, monkeypatch, tmp_path):
     cluster, _ = ray_head
     monkeypatch.delenv("RAY_AUTH_TOKEN_PATH", raising=False)
@@ -253,6 +259,7 @@ def test_wrong_or_missing_token_is_one_clear_line(ray_head, monkeypatch, tmp_pat
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_cli_jobs_status_logs_and_wrong_token(ray_head, client, working_dir, tmp_path):
     cluster, token_file = ray_head
     job_id = jobs.submit(client, "echo cli-check", working_dir, {}, jobs.submission_id("cli"))

@@ -222,6 +222,7 @@ def kill_tree(head: subprocess.Popen) -> None:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_a_dead_ray_start_cluster_is_not_waited_on(tmp_path: Path, ray_tmpdir: Path, user_env: dict[str, str]
                                                    ) -> None:
     head, address = start_head(ray_tmpdir)

@@ -23,6 +23,7 @@ OVERRIDES = ["data.synthetic.subjects=8", "data.synthetic.cells_per_subject=10",
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_two_workers_shard_validation_and_survive_a_killed_worker(tmp_path, env, monkeypatch):
     run = StudyProcess(["train", "--config", str(SMOKE), *sets([*OVERRIDES, f"storage_path={tmp_path / 'runs'}"])],
                        tmp_path, env)
