@@ -30,6 +30,7 @@ USER_ERRORS = (
     "leukotune.tuner.evaluation.logged_models:ModelURIError",
     "leukotune.tuner.evaluation.logged_models:ModelDownloadError",
     "leukotune.tuner.evaluation.logged_models:UnusableModelError",
+    "leukotune.tuner.evaluation.batch_output:BatchOutputError",  # --out cannot hold this run's results
 )
 
 
