@@ -189,8 +189,12 @@ def predict_on_ray(model: TrainedModel, model_label: str, plan: BatchPlan, outpu
                 output.write_part(number, rows)
                 number += 1
                 progress.advance(rows)
-        finally:
+        except BaseException:  # Ctrl-C, a lost actor or node: what was written stays, and a rerun resumes from it
             progress.close()
+            log(f"{progress.done} of {len(plan.todo)} images written to {output.parts}/; run the same command "
+                f"again to resume")
+            raise
+        progress.close()
     seconds = time.monotonic() - predicting
     merged = output.merge(model_label)
     todo_set = set(plan.todo) | {row["file"] for row in plan.missing}
