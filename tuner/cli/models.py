@@ -251,8 +251,14 @@ def predict(args: argparse.Namespace) -> int:
           f"{', TTA over 4 rotations' if args.tta else ''}")
     decision = stored_decision(args.model, tracking_uri)  # the same tags load_model put into the model
     _info(decision.line())
-    if output is not None:
-        return _predict_batch(args, model, version, output, files)
+    if output is not None:  # on Ray Data, resumable (tuner/evaluation/batch_predict.py)
+        from leukotune.tuner.evaluation.batch_predict import model_label, plan_batch, predict_on_ray
+
+        label = model_label(args.model, version, args.tta)
+        summary, unreadable = predict_on_ray(model, label, plan_batch(files, output, label), output,
+                                             address=args.address, tta=args.tta, batch_size=args.batch_size,
+                                             part_size=args.part_size, log=_info)
+        return _report_batch(args, version, summary, unreadable)
     rows = predict_files(model, files, tta=args.tta, batch_size=args.batch_size)
     classified = sum(r.error is None for r in rows)
     if args.json:
@@ -265,14 +271,8 @@ def predict(args: argparse.Namespace) -> int:
     return EXIT_OK if classified else EXIT_FAILED
 
 
-def _predict_batch(args: argparse.Namespace, model, version: str | None, output, files: list) -> int:
-    """`predict --out`: Ray Data over the cluster, resumable (tuner/evaluation/batch_predict.py)."""
-    from leukotune.tuner.evaluation.batch_predict import model_label, plan_batch, predict_on_ray
-
-    label = model_label(args.model, version, args.tta)
-    plan = plan_batch(files, output, label)
-    summary, unreadable = predict_on_ray(model, label, plan, output, address=args.address, tta=args.tta,
-                                         batch_size=args.batch_size, part_size=args.part_size, log=_info)
+def _report_batch(args: argparse.Namespace, version: str | None, summary, unreadable: list[dict]) -> int:
+    """The end of `predict --out`: the unreadable files and the summary, or one JSON object."""
     if args.json:
         print(json.dumps({"model": args.model, "version": version, "tta": args.tta, **summary.to_json(),
                           "unreadable_files": [{"file": r["file"], "error": r["error"]} for r in unreadable]},
