@@ -34,6 +34,10 @@ DRIVER_ENV = {
     # MLflow draws a progress bar per artifact upload and download: it would interleave with a study's lines, and
     # for the few small files of a model it is only noise.
     "MLFLOW_ENABLE_ARTIFACTS_PROGRESS_BAR": "false",
+    # Read by Ray Data when it is imported (`leukotune predict --out`): its INFO lines per dataset ("Starting
+    # execution", the plan, "execution finished") and the warning that its progress bars are off, which the command
+    # turns off to draw its own line. Errors still show.
+    "RAY_DATA_LOG_LEVEL": "ERROR",
 }
 
 DRIVER_LOG_LEVELS = {

@@ -32,6 +32,7 @@ USER_ERRORS = (
     "leukotune.tuner.evaluation.logged_models:ModelDownloadError",
     "leukotune.tuner.evaluation.logged_models:UnusableModelError",
     "leukotune.tuner.serving.serve_control:ServeError",
+    "leukotune.tuner.evaluation.batch_output:BatchOutputError",  # --out cannot hold this run's results
 )
 
 

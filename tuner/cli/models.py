@@ -95,7 +95,18 @@ def _add_predict(commands: argparse._SubParsersAction) -> None:
     predict.add_argument("paths", nargs="+", metavar="PATH", help="image files or folders (searched recursively)")
     predict.add_argument("--tta", action="store_true", help="average the four 90-degree rotations")
     predict.add_argument("--json", action="store_true", help="print one JSON object")
-    predict.add_argument("--batch-size", type=int, default=32)
+    predict.add_argument("--batch-size", type=int, default=32, help="cells per forward pass")
+    batch = predict.add_argument_group(
+        "batch prediction on Ray", "With --out the cells are predicted by Ray Data actors over the cluster's workers "
+        "(one per GPU, else one per CPU) and written to FILE part by part; run it again on the same FILE to resume. "
+        "Without --out, one process prints a table (or --json).")
+    batch.add_argument("--out", metavar="FILE", help="results table, .csv or .parquet: file, class, p_all, error "
+                                                     "(unreadable files), model")
+    batch.add_argument("--address", help="Ray cluster to run on, HOST:PORT (default: $RAY_ADDRESS, else a running "
+                                         "`ray start` cluster, else a private local Ray); needs --out")
+    # Mirrors batch_predict.DEFAULT_PART_SIZE: importing it here would load Ray for every `leukotune` command.
+    batch.add_argument("--part-size", type=int, default=1000,
+                       help="cells per part file: what a kill can lose, at most one part per actor (default 1000)")
     _tracking_arg(predict)
     predict.set_defaults(command="predict")
 
@@ -217,6 +228,15 @@ def predict(args: argparse.Namespace) -> int:
     from leukotune.tuner.tracking.client import request_failure, resolve_tracking_uri
 
     check_model_uri(args.model)
+    if args.address and not args.out:
+        return _fail("--address runs batch prediction on Ray, which writes a results table: add --out results.csv "
+                      "(or .parquet)")
+    if args.part_size < 1 or args.batch_size < 1:
+        return _fail("--part-size and --batch-size must be at least 1")
+    output = None
+    if args.out:
+        from leukotune.tuner.evaluation.batch_output import BatchOutput
+        output = BatchOutput.at(args.out)  # a bad name stops here, before the model or Ray
     tracking_uri = resolve_tracking_uri(args.tracking_uri)
     files = list_images(args.paths)
     if not files:
@@ -231,6 +251,14 @@ def predict(args: argparse.Namespace) -> int:
           f"{', TTA over 4 rotations' if args.tta else ''}")
     decision = stored_decision(args.model, tracking_uri)  # the same tags load_model put into the model
     _info(decision.line())
+    if output is not None:  # on Ray Data, resumable (tuner/evaluation/batch_predict.py)
+        from leukotune.tuner.evaluation.batch_predict import model_label, plan_batch, predict_on_ray
+
+        label = model_label(args.model, version, args.tta)
+        summary, unreadable = predict_on_ray(model, label, plan_batch(files, output, label), output,
+                                             address=args.address, tta=args.tta, batch_size=args.batch_size,
+                                             part_size=args.part_size, log=_info)
+        return _report_batch(args, version, summary, unreadable)
     rows = predict_files(model, files, tta=args.tta, batch_size=args.batch_size)
     classified = sum(r.error is None for r in rows)
     if args.json:
@@ -241,6 +269,17 @@ def predict(args: argparse.Namespace) -> int:
         print("\n".join(format_table(rows)))
         _info(f"{classified} classified, {len(rows) - classified} unreadable")
     return EXIT_OK if classified else EXIT_FAILED
+
+
+def _report_batch(args: argparse.Namespace, version: str | None, summary, unreadable: list[dict]) -> int:
+    """The end of `predict --out`: the unreadable files and the summary, or one JSON object."""
+    if args.json:
+        print(json.dumps({"model": args.model, "version": version, "tta": args.tta, **summary.to_json(),
+                          "unreadable_files": [{"file": r["file"], "error": r["error"]} for r in unreadable]},
+                         indent=2))
+    else:
+        print("\n".join(summary.lines(unreadable)))
+    return EXIT_OK if summary.classified else EXIT_FAILED
 
 
 # ---------------------------------------------------------------- pretrained weights
