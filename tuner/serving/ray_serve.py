@@ -102,7 +102,8 @@ class _Decoded:
 class ChampionDeployment:
     """`POST /invocations` (see the module docstring) and `GET /ping`."""
 
-    async def __init__(self, settings: ServeSettings) -> None:
+    # Ray Serve awaits an async constructor (the first model loads off the event loop); mypy knows no such thing.
+    async def __init__(self, settings: ServeSettings) -> None:  # type: ignore[misc]
         from leukotune.tuner.process import configure_process
 
         configure_process("worker")
@@ -181,4 +182,5 @@ def score_batch(requests: list[_Decoded]) -> list[list[dict[str, Any]]]:
 
 
 def build_app(settings: ServeSettings, replicas: int = 1) -> Any:
-    return ChampionDeployment.options(num_replicas=replicas).bind(settings)
+    # @serve.deployment made the class a Deployment, which mypy cannot see.
+    return ChampionDeployment.options(num_replicas=replicas).bind(settings)  # type: ignore[attr-defined]

@@ -14,7 +14,7 @@ from leukotune.tuner.config import StudyConfig, build_study
 from leukotune.tuner.preflight import DataSummary, check_storage, check_weights, summarise_data
 from leukotune.tuner.tracking.client import check_reachable, resolve_tracking_uri
 from leukotune.tuner.tracking.study_records import recorded_fingerprint
-from leukotune.tuner.tune.differences import ResumeRefused, resumed_config
+from leukotune.tuner.tune.differences import Change, ResumeRefused, resumed_config
 from leukotune.tuner.tune.space import resolve_space
 from leukotune.tuner.tune.warm_start import gather_warm_start
 
@@ -44,7 +44,7 @@ class StudyPlan:
     # On --resume with a larger tune.num_samples than a finished study ran: the trials it had (it is extended).
     extends_from: int | None = None
     # The budget keys this --resume changed (tuner/tune/differences.py): written into Tune's saved state.
-    budget_changes: list = field(default_factory=list)
+    budget_changes: list[Change] = field(default_factory=list)
     # A new study's earlier trials from `tune.warm_start` (tuner/tune/warm_start.py), read before Ray starts.
     warm_start: Any = None
 
@@ -54,7 +54,8 @@ def plan_study(study: StudyConfig, resume: bool, log: Callable[[str], None] = pr
     # is read.
     check_reachable(resolve_tracking_uri(study.tracking.tracking_uri))
     storage = check_storage(study.storage_path, float(os.environ.get("LEUKOTUNE_MIN_FREE_GB", "1.0")))
-    extends_from, budget = None, []
+    extends_from: int | None = None
+    budget: list[Change] = []
     if resume:
         directory = latest_study_dir(storage, study.name)
         saved = json.loads((directory / STUDY_FILE).read_text())
@@ -100,7 +101,7 @@ def check_same_data(plan: StudyPlan, parent_run_id: str | None) -> None:
     if not parent_run_id:
         return
     recorded = recorded_fingerprint(resolve_tracking_uri(plan.study.tracking.tracking_uri), parent_run_id)
-    now = plan.data_summary.fingerprint
+    now = plan.data_summary.fingerprint if plan.data_summary else None
     if recorded and now and recorded != now:
         raise ResumeError(f"--resume: the data of study {plan.study_id} changed since it started (fingerprint "
                           f"{recorded[:12]} -> {now[:12]}); start a new study (tune.warm_start={plan.study_id} "
