@@ -19,7 +19,7 @@ from fake_cluster import (
     start_cluster_with_a_private_disk,
 )
 
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]  # clusters of several nodes: `make e2e`
 
 STUDY = [*TINY, "tune.num_samples=2", "train.epochs=1", "tracking.experiment=refused"]
 

@@ -22,7 +22,7 @@ from torch import nn
 from leukotune.models import rebuild_network
 from leukotune.tuner.evaluation.calibration import StoredDecision
 from leukotune.tuner.evaluation.inference import CLASS_NAMES, REQUIRED_PREPROCESSING, TrainedModel
-from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri
+from leukotune.tuner.registry.model_uris import logged_model_id, process_tracking_uri, registered_parts
 from leukotune.tuner.tracking.client import check_reachable, redact
 
 MODEL_SCHEMES = ("models:/", "runs:/")
@@ -112,14 +112,11 @@ def load_model(model_uri: str, tracking_uri: str) -> TrainedModel:
 def _registered_version(model_uri: str, client: MlflowClient):
     """The registry's ModelVersion behind `models:/NAME@alias` or `models:/NAME/N`; None for a logged model id or a
     run URI (raises MlflowException when the registry does not know it)."""
-    if not model_uri.startswith("models:/") or logged_model_id(model_uri):
+    parts = registered_parts(model_uri)
+    if parts is None:
         return None
-    name_part = model_uri[len("models:/"):]
-    if "@" in name_part:
-        name, alias = name_part.rsplit("@", 1)
-        return client.get_model_version_by_alias(name, alias)
-    name, number = name_part.rsplit("/", 1)
-    return client.get_model_version(name, number)
+    name, alias, number = parts
+    return client.get_model_version_by_alias(name, alias) if alias else client.get_model_version(name, number)
 
 
 def stored_decision(model_uri: str, tracking_uri: str) -> StoredDecision:
