@@ -6,6 +6,7 @@ the processes it started, even when the test failed.
 """
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -150,6 +151,22 @@ class RayCluster:
             node.stop()
         for folder in (self.temp_dir, *self.extra_temp_dirs):
             shutil.rmtree(folder, ignore_errors=True)
+
+
+def post_invocations(url: str, body: bytes | dict, content_type: str = "application/json", query: str = "") -> tuple[int, dict]:
+    """POST a body to a model server's /invocations: (status, JSON answer), an error's text as {"message"}."""
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    request = urllib.request.Request(f"{url}/invocations{query}", data=data, method="POST",
+                                     headers={"Content-Type": content_type})
+    try:
+        with urllib.request.urlopen(request, timeout=300) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        text = error.read().decode(errors="replace")
+        try:
+            return error.code, json.loads(text)
+        except json.JSONDecodeError:
+            return error.code, {"message": text}
 
 
 def start_ray_head(log_dir: Path, env: dict[str, str], num_cpus: int = 1) -> RayCluster:

@@ -12,15 +12,13 @@ import json
 import os
 import sys
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 
 import mlflow
 import pytest
 from mlflow.tracking import MlflowClient
 
-from e2e.servers import free_port, start, wait_http
+from e2e.servers import free_port, post_invocations as post, start, wait_http
 
 from conftest import REPO_ROOT, SMOKE, TINY, local_uri, require_cnmc_sample, run_leukotune, sets
 
@@ -106,21 +104,6 @@ def group_gone(pgid: int, timeout_s: float = 60.0) -> bool:
 
 
 # ---------------------------------------------------------------- requests
-
-def post(url: str, body: bytes | dict) -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/invocations", data=data, method="POST",
-                                     headers={"Content-Type": "application/json"})
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        text = error.read().decode(errors="replace")
-        try:
-            return error.code, json.loads(text)
-        except json.JSONDecodeError:
-            return error.code, {"message": text}
-
 
 def encoded(data: bytes) -> str:
     return base64.b64encode(data).decode("ascii")

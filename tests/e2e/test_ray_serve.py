@@ -18,7 +18,7 @@ from mlflow.tracking import MlflowClient
 
 from leukotune.tuner.registry.model_uris import process_tracking_uri
 
-from e2e.servers import free_port, ray_env, start_ray_head, write_token
+from e2e.servers import free_port, post_invocations as post, ray_env, start_ray_head, write_token
 from e2e.test_mlflow_serve import BATCH, TOLERANCE, encoded, split_body
 
 from conftest import REPO_ROOT, SMOKE, TINY, local_uri, require_cnmc_sample, run_leukotune, sets
@@ -101,21 +101,6 @@ def cells() -> list[Path]:
     files = sorted((require_cnmc_sample() / "training_data").rglob("*.bmp"))
     assert len(files) == 60
     return files
-
-
-def post(url: str, body: bytes | dict, content_type: str = "application/json", query: str = "") -> tuple[int, dict]:
-    data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    request = urllib.request.Request(f"{url}/invocations{query}", data=data, method="POST",
-                                     headers={"Content-Type": content_type})
-    try:
-        with urllib.request.urlopen(request, timeout=300) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        text = error.read().decode(errors="replace")
-        try:
-            return error.code, json.loads(text)
-        except json.JSONDecodeError:
-            return error.code, {"message": text}
 
 
 def served_rows(url: str, files: list[Path]) -> tuple[list[dict], set[str]]:
