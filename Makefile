@@ -28,8 +28,9 @@ test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow and not e2e" $(ARGS)
 
 ## Real Ray head + second node + MLflow server + headless Chromium (also run by CI): tests/e2e/, and the tests
-## elsewhere marked e2e because they start and stop a real cluster or server (Ray Jobs, a dead `ray start` head,
-## an MLflow server restarted mid-study, a Ray Train worker killed), which keeps `make test` within its budget.
+## elsewhere marked e2e because they start and stop a real cluster or server or kill a process of one (Ray Jobs, a
+## dead `ray start` head, an MLflow server restarted mid-study, Ray's fake multi-node clusters, a trial's or a Ray
+## Train worker killed, a driver killed between Tune's saves), which keeps `make test` within its budget.
 e2e: $(STAMP)
 	$(BIN)/python -m pytest -q -m e2e $(ARGS)
 

@@ -125,6 +125,7 @@ def test_ctrl_c_ends_the_study_cleanly_and_says_how_to_resume(tmp_path, env):
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_killed_trial_worker_continues_from_its_checkpoint_in_the_same_run(tmp_path, env):
     args = ["tune", "--config", str(SMOKE), *sets(TINY + [
         "tune.num_samples=1", "train.epochs=5", "tracking.experiment=worker-dies", "resources.max_failures=2"])]

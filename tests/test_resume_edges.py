@@ -82,6 +82,7 @@ def saved_checkpoints(study_dir: Path) -> list[tuple[Trial, list[Path], Path]]:
 
 
 @pytest.mark.slow
+@pytest.mark.e2e
 def test_killed_study_resumes_without_a_traceback_then_reports_itself_finished(tmp_path, env):
     args = ["tune", "--config", str(SMOKE), *sets(TINY + [
         "tune.num_samples=2", "tune.max_concurrent=2", "train.epochs=6", "tune.scheduler=fifo",
