@@ -26,6 +26,7 @@ from leukotune.tuner.evaluation.batch_output import BatchOutput, BatchOutputErro
 from leukotune.tuner.evaluation.batch_predict import model_label, plan_batch
 from leukotune.tuner.evaluation.calibration import TAG_CALIBRATION, TAG_TEMPERATURE, TAG_THRESHOLD
 from leukotune.tuner.registry.model_uris import process_tracking_uri
+from leukotune.tuner.serving.calibrated_copy import log_calibrated_copy
 from leukotune.tuner.tracking.artifacts import log_pytorch_model
 from leukotune.tuner.tracking.client import Tracker
 
@@ -110,7 +111,7 @@ PART_SIZE = 10
 @pytest.fixture(scope="module")
 def champion(tmp_path_factory) -> dict:
     """A tiny CNN logged as the study logs it, registered with a calibration and threshold as `promote` stores
-    them, aliased champion: no study trained."""
+    them (version tags, and a copy of the model carrying them), aliased champion: no study trained."""
     folder = tmp_path_factory.mktemp("batch-mlflow")
     uri = f"sqlite:///{folder / 'mlflow.db'}"
     tracker = Tracker(uri, "batch-predict", log=lambda _msg: None)
@@ -124,8 +125,10 @@ def champion(tmp_path_factory) -> dict:
     tracker.end_run(run_id, "FINISHED")
     client = MlflowClient(tracking_uri=uri, registry_uri=uri)
     client.create_registered_model("tiny")
+    # As promote registers a calibrated point: a copy carrying it, so that a server of the version answers alike.
+    calibrated = log_calibrated_copy(uri, logged, 1.6, 0.52)
     with process_tracking_uri(uri):  # the SQLite registry looks the LoggedModel up through the process's URI
-        version = client.create_model_version("tiny", logged, run_id=run_id).version
+        version = client.create_model_version("tiny", calibrated, run_id=run_id).version
     for key, value in {TAG_TEMPERATURE: "1.6", TAG_THRESHOLD: "0.52", TAG_CALIBRATION: "validation"}.items():
         client.set_model_version_tag("tiny", version, key, value)
     client.set_registered_model_alias("tiny", "champion", version)

@@ -77,6 +77,10 @@ def check_request(request: ServeRequest) -> str | None:
         raise ServeError(f"{request.model_uri} at {redact(request.tracking_uri)}: {first}") from None
 
 
+def _warnings_and_above(record: logging.LogRecord) -> bool:
+    return record.levelno >= logging.WARNING
+
+
 def start_serving(request: ServeRequest, log: Callable[[str], None] = print) -> bool:
     """Deploy the application and wait until its replicas answer; True when Ray is this process's private one (the
     caller then holds it in the foreground)."""
@@ -90,10 +94,11 @@ def start_serving(request: ServeRequest, log: Callable[[str], None] = print) -> 
     if private:  # before anything answers: `serve --stop` must find this process as soon as the port does
         _remember(request)
     init_ray(request.address, {}, log=log)
+    # Serve sets its driver logger to INFO as it starts and logs its steps there; this command prints its own
+    # lines. A filter on the logger outlasts the level Serve sets.
+    logging.getLogger("ray.serve").addFilter(_warnings_and_above)
     # A Serve instance already on the cluster keeps its own HTTP options; ours apply when this starts it.
     serve.start(http_options={"host": request.host, "port": request.port}, logging_config=QUIET_LOGS)
-    # Serve sets its driver logger to INFO when it starts; this command prints its own lines.
-    logging.getLogger("ray.serve").setLevel(logging.WARNING)
     settings = ServeSettings(request.model_uri, request.tracking_uri, request.poll_s)
     log(f"deploying {request.model_uri}" + (f" (version {version})" if version else "") +
         f" as Ray Serve application {APP_NAME!r}: {request.replicas} replica(s), batches of up to 32")
@@ -119,7 +124,6 @@ def served_url(request: ServeRequest) -> str:
 def hold_in_foreground(request: ServeRequest, log: Callable[[str], None] = print) -> None:
     """Keep this process's private Ray (and the application on it) until Ctrl-C, SIGTERM or `serve --stop`."""
     import ray
-    import ray.serve as serve
 
     # After ray.init, which installs its own SIGTERM handler in a driver: SIGTERM (`serve --stop`) ends the wait
     # below, and the application and Ray are shut down in order.
@@ -133,7 +137,8 @@ def hold_in_foreground(request: ServeRequest, log: Callable[[str], None] = print
     finally:
         signal.signal(signal.SIGTERM, signal.SIG_DFL)
         _forget_state(os.getpid())
-        serve.shutdown()
+        # The private Ray ends with this process, Serve's actors with it. serve.shutdown() first would only race
+        # the controller's own graceful shutdown, which the raylet then reports as a failed task.
         ray.shutdown()
         log("stopped")
 
