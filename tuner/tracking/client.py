@@ -160,6 +160,21 @@ def _chunks(items: list, size: int) -> Iterable[list]:
         yield items[start:start + size]
 
 
+def search_all_runs(client: MlflowClient, experiment_ids: list[str], filter_string: str,
+                    order_by: list[str] | None = None, page_size: int = 1000,
+                    log: Callable[[str], None] = print) -> list:
+    """Every run of the experiments matching `filter_string`, page by page: one search returns at most a page."""
+    runs, token = [], None
+    while True:
+        page = with_retries(lambda token=token: client.search_runs(
+            experiment_ids, filter_string, max_results=page_size, order_by=order_by, page_token=token),
+            "search runs", log=log)
+        runs.extend(page)
+        token = page.token
+        if not token:
+            return runs
+
+
 class Tracker:
     """Thin wrapper over MlflowClient with retries, batching and redaction."""
 
@@ -189,16 +204,8 @@ class Tracker:
             return self.client.get_experiment_by_name(name).experiment_id
 
     def find_runs(self, filter_string: str, page_size: int = 1000) -> list:
-        """Every run of the experiment matching `filter_string`, page by page (a study may hold thousands)."""
-        runs, token = [], None
-        while True:
-            page = with_retries(lambda token=token: self.client.search_runs(
-                [self.experiment_id], filter_string, max_results=page_size, page_token=token), "search runs",
-                log=self.log)
-            runs.extend(page)
-            token = page.token
-            if not token:
-                return runs
+        """Every run of the experiment matching `filter_string` (a study may hold thousands)."""
+        return search_all_runs(self.client, [self.experiment_id], filter_string, page_size=page_size, log=self.log)
 
     def create_run(self, name: str, tags: dict[str, str]) -> str:
         run = with_retries(lambda: self.client.create_run(self.experiment_id, run_name=name, tags=tags),

@@ -12,7 +12,14 @@ from typing import Any
 from mlflow.entities import Run, ViewType
 from mlflow.tracking import MlflowClient
 
-from leukotune.tuner.tracking.client import TAG_CODE_VERSION, TAG_FINGERPRINT, TAG_KIND, TAG_STUDY, with_retries
+from leukotune.tuner.tracking.client import (
+    TAG_CODE_VERSION,
+    TAG_FINGERPRINT,
+    TAG_KIND,
+    TAG_STUDY,
+    search_all_runs,
+    with_retries,
+)
 
 CONFIG_ARTIFACT = "config/resolved.json"
 SPACE_ARTIFACT = "config/search_space.json"
@@ -84,8 +91,7 @@ def finished_trial_runs(client: MlflowClient, study: StudyRecord) -> list[Run]:
 
 
 def _search(client: MlflowClient, experiment_ids: list[str], query: str) -> list[Run]:
-    return with_retries(lambda: client.search_runs(experiment_ids, query, max_results=50_000,
-                                                   order_by=["attributes.start_time DESC"]), "search runs")
+    return search_all_runs(client, experiment_ids, query, order_by=["attributes.start_time DESC"])
 
 
 def _artifact_json(client: MlflowClient, run_id: str, path: str) -> Any:
